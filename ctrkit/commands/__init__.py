@@ -1,0 +1,1 @@
+"""Sub-commands of the ``ctrkit`` CLI; see :mod:`ctrkit.cli`."""
