@@ -48,7 +48,7 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+def encode_arrays(arrays: dict[str, np.ndarray]) -> bytearray:
     """Pack named arrays into one buffer: ``u32 header length | JSON header | aligned data``."""
     entries, offset = [], 0
     for name, array in arrays.items():
@@ -63,7 +63,7 @@ def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
     for (name, _, _, start), array in zip(entries, arrays.values()):
         raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
         out[data_start + start : data_start + start + raw.size] = memoryview(raw)
-    return bytes(out)
+    return out
 
 
 def decode_arrays(buffer: bytes | memoryview) -> dict[str, np.ndarray]:
@@ -277,7 +277,7 @@ class StoreWriter:
             self.abort()
 
     # -- low level ---------------------------------------------------------------------------
-    def _put(self, key: bytes, value: bytes) -> None:
+    def _put(self, key: bytes, value: bytes | bytearray) -> None:
         while True:
             try:
                 with self._env.begin(write=True) as txn:
