@@ -91,6 +91,30 @@ def array_key(name: str) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
+# LMDB allows one environment per file per process, so every Store of the same file in a process
+# shares one read-only handle. The key holds the inode (a replaced store is a new file) and the
+# pid: a forked child (a loader worker) closes the handles it inherited and opens its own.
+_READ_ENVIRONMENTS: dict[tuple[str, int, int], lmdb.Environment] = {}
+
+
+def _open_readonly(path: Path) -> lmdb.Environment:
+    pid = os.getpid()
+    for key in [k for k in _READ_ENVIRONMENTS if k[2] != pid]:
+        _READ_ENVIRONMENTS.pop(key).close()  # unmaps the child's copy only; MDB_NOLOCK holds no reader slot
+    data_file = path / "data.mdb"
+    key = (str(path.resolve()), data_file.stat().st_ino, pid)
+    env = _READ_ENVIRONMENTS.get(key)
+    if env is None:
+        for stale in [k for k in _READ_ENVIRONMENTS if k[0] == key[0]]:
+            _READ_ENVIRONMENTS.pop(stale).close()  # the store at this path was replaced
+        try:
+            env = lmdb.open(key[0], readonly=True, lock=False, subdir=True, max_readers=4096, max_dbs=0)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        _READ_ENVIRONMENTS[key] = env
+    return env
+
+
 @dataclass(frozen=True)
 class SplitInfo:
     """Rows of one split and how they are cut into chunks."""
@@ -167,12 +191,7 @@ class Store:
 
     def _environment(self) -> lmdb.Environment:
         if self._env is None or self._env_pid != os.getpid():
-            try:
-                self._env = lmdb.open(
-                    str(self.path), readonly=True, lock=False, subdir=True, max_readers=4096, max_dbs=0
-                )
-            except lmdb.Error as exc:
-                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            self._env = _open_readonly(self.path)
             self._env_pid = os.getpid()
         return self._env
 
@@ -183,8 +202,7 @@ class Store:
         return state
 
     def close(self) -> None:
-        if self._env is not None and self._env_pid == os.getpid():
-            self._env.close()
+        """Forget this object's handle; the process-wide environment stays open for other readers."""
         self._env = None
 
     # -- reading -----------------------------------------------------------------------------
