@@ -1,0 +1,327 @@
+"""Feature-interaction blocks: FM, FFM, cross network, CIN, self-attention, attentional pooling."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctrkit.errors import ConfigError
+from ctrkit.pytorch.layers._checks import check_bool, check_int, check_prob, check_units
+from ctrkit.pytorch.layers.embedding import Bias
+from ctrkit.pytorch.layers.mlp import init_linear, make_activation
+
+
+def _pair_indices(num_fields: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of every pair ``i < j`` of ``num_fields`` fields, row-major: 2 x ``[P]``."""
+    rows, cols = torch.triu_indices(num_fields, num_fields, offset=1)
+    return rows.long(), cols.long()
+
+
+class FactorizationMachine(nn.Module):
+    """Pairwise term of a factorization machine in O(kn).
+
+    Rendle, "Factorization Machines", ICDM 2010, https://doi.org/10.1109/ICDM.2010.127 (lemma 3.1)::
+
+        sum_{i<j} <v_i, v_j> = 1/2 * sum_f [ (sum_i v_{i,f})^2 - sum_i v_{i,f}^2 ]
+
+    Shapes: ``[B, F, D]`` -> ``[B, 1]``.
+
+    Example::
+
+        fm = FactorizationMachine()
+        fm(torch.randn(4, 10, 8)).shape  # torch.Size([4, 1])
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        square_of_sum = x.sum(dim=1).pow(2)  # (B, D)
+        sum_of_square = x.pow(2).sum(dim=1)  # (B, D)
+        return 0.5 * (square_of_sum - sum_of_square).sum(dim=1, keepdim=True)  # (B, 1)
+
+
+class FieldAwareFactorizationMachine(nn.Module):
+    """Pairwise term of a field-aware FM.
+
+    Juan et al., "Field-aware Factorization Machines for CTR Prediction", RecSys 2016,
+    https://doi.org/10.1145/2959100.2959134::
+
+        sum_{i<j} <v_{i, f_j}, v_{j, f_i}>
+
+    The input is field ``i``'s row of the field-aware table, ``F`` blocks of ``k`` values where
+    block ``j`` is ``v_{i, f_j}`` (the vector field ``i`` uses against field ``j``).
+
+    Args:
+        num_fields: ``F``.
+        k: latent size per field pair.
+
+    Shapes: ``[B, F, F*k]`` -> ``[B, 1]``.
+
+    Example::
+
+        ffm = FieldAwareFactorizationMachine(num_fields=5, k=4)
+        ffm(torch.randn(2, 5, 20)).shape  # torch.Size([2, 1])
+    """
+
+    def __init__(self, num_fields: int, k: int) -> None:
+        super().__init__()
+        self.num_fields = check_int("num_fields", num_fields)
+        self.k = check_int("k", k)
+        rows, cols = _pair_indices(self.num_fields)
+        self.register_buffer("rows", rows, persistent=False)  # (P,)
+        self.register_buffer("cols", cols, persistent=False)  # (P,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = x.view(x.shape[0], self.num_fields, self.num_fields, self.k)  # (B, F, F, k)
+        left = e[:, self.rows, self.cols]  # (B, P, k): v_{i, f_j}
+        right = e[:, self.cols, self.rows]  # (B, P, k): v_{j, f_i}
+        return (left * right).sum(dim=(1, 2)).unsqueeze(1)  # (B, 1)
+
+
+class CrossNet(nn.Module):
+    """Cross network of DCN (v1).
+
+    Wang et al., "Deep & Cross Network for Ad Click Predictions", ADKDD 2017,
+    https://arxiv.org/abs/1708.05123 (eq. 3)::
+
+        x_{l+1} = x_0 (x_l^T w_l) + b_l + x_l,     w_l, b_l in R^d
+
+    ``w_l`` are Xavier-normal (as ``d x 1`` matrices), ``b_l`` are :class:`Bias` modules.
+
+    Args:
+        input_dim: ``d``.
+        num_layers: number of cross layers (>= 1).
+
+    Shapes: ``[B, d]`` -> ``[B, d]``.
+
+    Example::
+
+        cross = CrossNet(32, num_layers=3)
+        cross(torch.randn(4, 32)).shape  # torch.Size([4, 32])
+    """
+
+    def __init__(self, input_dim: int, num_layers: int = 3) -> None:
+        super().__init__()
+        self.input_dim = check_int("input_dim", input_dim)
+        self.num_layers = check_int("cross_layers", num_layers)
+        self.weight = nn.Parameter(torch.empty(self.num_layers, self.input_dim))
+        self.biases = nn.ModuleList(Bias(self.input_dim) for _ in range(self.num_layers))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Xavier normal of a (d x 1) matrix: std = sqrt(2 / (fan_in + fan_out)).
+        with torch.no_grad():
+            self.weight.normal_(0.0, math.sqrt(2.0 / (self.input_dim + 1)))
+        for bias in self.biases:
+            bias.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = x  # (B, d)
+        xl = x  # (B, d)
+        for layer in range(self.num_layers):
+            xw = torch.matmul(xl, self.weight[layer])  # (B,)
+            xl = self.biases[layer](x0 * xw.unsqueeze(1)) + xl  # (B, d)
+        return xl
+
+
+class CompressedInteractionNetwork(nn.Module):
+    """Compressed Interaction Network (CIN) of xDeepFM.
+
+    Lian et al., "xDeepFM: Combining Explicit and Implicit Feature Interactions for Recommender
+    Systems", KDD 2018, https://arxiv.org/abs/1803.05170 (eq. 6, 7)::
+
+        X^k_{h,*} = act( sum_{i<=H_{k-1}} sum_{j<=m} W^{k,h}_{ij} (X^{k-1}_{i,*} o X^0_{j,*}) )
+        p^k_h     = sum_d X^k_{h,d}                       (sum pooling)
+        output    = [p^1, ..., p^T]
+
+    Each layer is one outer product ``[B, H_{k-1}*m, D]`` followed by a kernel-size-1 ``Conv1d``
+    without bias (the filters ``W^k``, Xavier-normal). With ``split_half`` every layer but the
+    last sends half of its feature maps to the next layer and the other half to the output
+    (as in the authors' code); the paper's formula uses ``act = identity``, the default here.
+
+    Args:
+        num_fields: ``m``.
+        layer_units: ``H_1..H_T``; with ``split_half`` all but the last must be even.
+        split_half: see above.
+        activation: activation applied to each feature map (``identity`` default).
+
+    Shapes: ``[B, m, D]`` -> ``[B, output_dim]``.
+
+    Example::
+
+        cin = CompressedInteractionNetwork(10, (16, 16, 16))
+        cin(torch.randn(4, 10, 8)).shape  # torch.Size([4, 32])  (8 + 8 + 16)
+    """
+
+    def __init__(
+        self,
+        num_fields: int,
+        layer_units: Sequence[int] = (16, 16, 16),
+        split_half: bool = True,
+        activation: str = "identity",
+    ) -> None:
+        super().__init__()
+        self.num_fields = check_int("num_fields", num_fields)
+        self.layer_units = check_units("cin_layer_units", layer_units, allow_empty=False)
+        self.split_half = check_bool("split_half", split_half)
+        if self.split_half and any(u % 2 for u in self.layer_units[:-1]):
+            raise ConfigError(
+                f"cin_layer_units must be even (except the last) when split_half is on, got {self.layer_units}"
+            )
+        self.activation = make_activation(activation)
+        convs = []
+        self.next_sizes: list[int] = []
+        output_dim = 0
+        prev = self.num_fields
+        for index, units in enumerate(self.layer_units):
+            convs.append(nn.Conv1d(prev * self.num_fields, units, kernel_size=1, bias=False))
+            last = index == len(self.layer_units) - 1
+            keep = units // 2 if (self.split_half and not last) else units
+            self.next_sizes.append(keep)
+            output_dim += units - keep if (self.split_half and not last) else units
+            prev = keep
+        self.convs = nn.ModuleList(convs)
+        self.output_dim = output_dim
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for conv in self.convs:
+            init_linear(conv)
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        batch, m, dim = x0.shape
+        h = x0  # (B, H_0 = m, D)
+        pooled = []
+        for index, conv in enumerate(self.convs):
+            z = (h.unsqueeze(2) * x0.unsqueeze(1)).reshape(batch, h.shape[1] * m, dim)  # (B, H*m, D)
+            z = self.activation(conv(z))  # (B, H_k, D)
+            keep = self.next_sizes[index]
+            if keep < z.shape[1]:
+                h, out = z[:, :keep], z[:, keep:]  # (B, H_k/2, D) each
+            else:
+                h, out = z, z
+            pooled.append(out.sum(dim=2))  # (B, H_out)
+        return torch.cat(pooled, dim=1)  # (B, output_dim)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """AutoInt interacting layer: multi-head self-attention over fields, residual, ReLU.
+
+    Song et al., "AutoInt: Automatic Feature Interaction Learning via Self-Attentive Neural
+    Networks", CIKM 2019, https://arxiv.org/abs/1810.11921 (eq. 5-8)::
+
+        alpha^h_{m,k} = softmax_k( <W^h_Q e_m, W^h_K e_k> )
+        e~^h_m        = sum_k alpha^h_{m,k} W^h_V e_k
+        e^Res_m       = ReLU( [e~^1_m ; ... ; e~^H_m] + W_Res e_m )
+
+    All heads are computed at once (projections to ``H * d'``, then batched attention). The paper
+    uses unscaled dot products; ``scaled=True`` divides by ``sqrt(d')`` instead. Projections are
+    bias-free Xavier-normal ``nn.Linear``.
+
+    Args:
+        input_dim: ``d`` (width of each field vector).
+        attention_dim: ``d'`` per head.
+        num_heads: ``H``.
+        use_residual: add ``W_Res e_m``.
+        scaled: scale the logits by ``1/sqrt(d')``.
+
+    Shapes: ``[B, F, d]`` -> ``[B, F, H * d']``.
+
+    Example::
+
+        att = MultiHeadSelfAttention(16, attention_dim=32, num_heads=2)
+        att(torch.randn(4, 10, 16)).shape  # torch.Size([4, 10, 64])
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        attention_dim: int = 32,
+        num_heads: int = 2,
+        use_residual: bool = True,
+        scaled: bool = False,
+    ) -> None:
+        super().__init__()
+        self.input_dim = check_int("input_dim", input_dim)
+        self.attention_dim = check_int("attention_dim", attention_dim)
+        self.num_heads = check_int("num_heads", num_heads)
+        self.use_residual = check_bool("use_residual", use_residual)
+        self.scaled = check_bool("scaled", scaled)
+        self.output_dim = self.attention_dim * self.num_heads
+        self.query = nn.Linear(self.input_dim, self.output_dim, bias=False)
+        self.key = nn.Linear(self.input_dim, self.output_dim, bias=False)
+        self.value = nn.Linear(self.input_dim, self.output_dim, bias=False)
+        self.residual = nn.Linear(self.input_dim, self.output_dim, bias=False) if self.use_residual else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in (self.query, self.key, self.value, self.residual):
+            if layer is not None:
+                init_linear(layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, fields, _ = x.shape
+        heads = (batch, fields, self.num_heads, self.attention_dim)
+        q = self.query(x).view(heads).transpose(1, 2)  # (B, H, F, d')
+        k = self.key(x).view(heads).transpose(1, 2)  # (B, H, F, d')
+        v = self.value(x).view(heads).transpose(1, 2)  # (B, H, F, d')
+        scale = None if self.scaled else 1.0
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, H, F, d')
+        out = out.transpose(1, 2).reshape(batch, fields, self.output_dim)  # (B, F, H*d')
+        if self.residual is not None:
+            out = out + self.residual(x)  # (B, F, H*d')
+        return F.relu(out)
+
+
+class AttentionalPooling(nn.Module):
+    """Attention-based pooling of pairwise interactions (AFM), projected to a logit.
+
+    Xiao et al., "Attentional Factorization Machines", IJCAI 2017,
+    https://arxiv.org/abs/1708.04617 (eq. 4-5)::
+
+        a'_ij = h^T ReLU(W (v_i o v_j) + b),     a_ij = softmax_{(i,j)}(a'_ij)
+        y     = p^T dropout( sum_{i<j} a_ij (v_i o v_j) )
+
+    ``W, b`` is an ``nn.Linear(D, t)``; ``h`` and ``p`` are bias-free ``nn.Linear``. The paper's
+    dropout on the pair-wise interaction layer is applied to the pooled vector.
+
+    Args:
+        num_fields: ``F`` (>= 2).
+        embed_dim: ``D``.
+        attention_factor: ``t``, hidden size of the attention net.
+        dropout: dropout rate on the pooled interaction vector.
+
+    Shapes: ``[B, F, D]`` -> ``[B, 1]``.
+
+    Example::
+
+        pool = AttentionalPooling(10, 8, attention_factor=16)
+        pool(torch.randn(4, 10, 8)).shape  # torch.Size([4, 1])
+    """
+
+    def __init__(self, num_fields: int, embed_dim: int, attention_factor: int = 16, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_fields = check_int("num_fields", num_fields, minimum=2)
+        self.embed_dim = check_int("embed_size", embed_dim)
+        self.attention_factor = check_int("attention_factor", attention_factor)
+        rows, cols = _pair_indices(self.num_fields)
+        self.register_buffer("rows", rows, persistent=False)  # (P,)
+        self.register_buffer("cols", cols, persistent=False)  # (P,)
+        self.attention = nn.Linear(self.embed_dim, self.attention_factor)
+        self.score = nn.Linear(self.attention_factor, 1, bias=False)  # h
+        self.projection = nn.Linear(self.embed_dim, 1, bias=False)  # p
+        self.dropout = nn.Dropout(check_prob("dropout", dropout))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in (self.attention, self.score, self.projection):
+            init_linear(layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pairs = x[:, self.rows] * x[:, self.cols]  # (B, P, D)
+        logits = self.score(F.relu(self.attention(pairs)))  # (B, P, 1)
+        weights = torch.softmax(logits.float(), dim=1)  # (B, P, 1)
+        pooled = (weights * pairs).sum(dim=1)  # (B, D)
+        return self.projection(self.dropout(pooled))  # (B, 1)

@@ -1,0 +1,14 @@
+"""PyTorch CTR models: ``model(batch) -> logits [B]``. See ``ctrkit.registry`` for names and papers."""
+
+from ctrkit.pytorch.models.afm import AFM
+from ctrkit.pytorch.models.autoint import AutoInt
+from ctrkit.pytorch.models.base import CTRModel
+from ctrkit.pytorch.models.dcn import DCN
+from ctrkit.pytorch.models.deepfm import DeepFM
+from ctrkit.pytorch.models.dnn import DNN
+from ctrkit.pytorch.models.ffm import FFM
+from ctrkit.pytorch.models.fm import FM
+from ctrkit.pytorch.models.lr import LR
+from ctrkit.pytorch.models.xdeepfm import XDeepFM
+
+__all__ = ["AFM", "AutoInt", "CTRModel", "DCN", "DNN", "DeepFM", "FFM", "FM", "LR", "XDeepFM"]
