@@ -280,3 +280,19 @@ def test_last_line_without_newline_and_small_blocks(kaggle_train, tmp_path):
     store = preprocess_criteo([path], tmp_path / "s.lmdb", CriteoOptions(split=(1.0, 0.0, 0.0), block_bytes=10_000), progress=False).store
     whole = build(kaggle_train, tmp_path, name="w.lmdb", options={"split": (1.0, 0.0, 0.0)})
     np.testing.assert_array_equal(store.read_split("train")["sparse"], whole.read_split("train")["sparse"])
+
+
+def test_encoder_lookup_table_and_hash_map_agree():
+    from ctrkit.data.criteo import MISSING as MISSING_TOKEN, Encoder
+
+    rng = np.random.default_rng(0)
+    small = np.array([MISSING_TOKEN, 5, -3, 40, 0], dtype=np.int64)  # spans 44 → lookup table
+    large = np.array([7, 1 << 31, MISSING_TOKEN, 12345], dtype=np.int64)  # spans 2^31 → hash map
+    encoder = Encoder([small, large])
+    assert encoder._tables[0] is not None and encoder._tables[1] is None
+    tokens_small = np.concatenate([small, rng.integers(-100, 100, 500), [MISSING_TOKEN, np.iinfo(np.int64).max]])
+    tokens_large = np.concatenate([large, rng.integers(0, 1 << 32, 503)])
+    ids = encoder.encode([tokens_small, tokens_large])
+    for column, vocab, tokens in ((0, small, tokens_small), (1, large, tokens_large)):
+        expected = [int(np.flatnonzero(vocab == t)[0]) + 1 if t in vocab else 0 for t in tokens]
+        np.testing.assert_array_equal(ids[:, column], expected)

@@ -40,6 +40,7 @@ from ctrkit.data.rawtext import (
     fingerprint,
     first_line,
     format_bad_row,
+    prefetched,
     read_blocks,
 )
 from ctrkit.data.store import DEFAULT_CHUNK_ROWS, Store, StoreWriter
@@ -69,7 +70,7 @@ class CriteoOptions:
     seed: int = 2018
     strict: bool = False
     chunk_rows: int = DEFAULT_CHUNK_ROWS
-    block_bytes: int = 64 << 20
+    block_bytes: int = 32 << 20
 
     def __post_init__(self) -> None:
         if self.numeric not in NUMERIC_MODES:
@@ -303,22 +304,55 @@ class TokenCounter:
 
 
 class Encoder:
-    """Maps raw tokens of each sparse field to ids with that field's vocabulary (0 = OOV)."""
+    """Maps raw tokens of each sparse field to ids with that field's vocabulary (0 = OOV).
+
+    Fields whose tokens span a small range (the bucketed integer fields) use a lookup table;
+    the others (32-bit hashes) a hash map in polars, all fields in parallel.
+    """
+
+    LOOKUP_SPAN = 1 << 16
 
     def __init__(self, vocabularies: Sequence[np.ndarray]):
         self._keys = [pl.Series("token", vocab, dtype=pl.Int64) for vocab in vocabularies]
         self._ids = [pl.Series("id", np.arange(1, len(vocab) + 1, dtype=np.int32)) for vocab in vocabularies]
+        self._tables = [self._lookup_table(vocab) for vocab in vocabularies]
+
+    def _lookup_table(self, vocab: np.ndarray) -> tuple[int, np.ndarray, int] | None:
+        """``(lowest token, ids by token - lowest with OOV last, id of MISSING)`` or None."""
+        present = vocab[vocab != MISSING]
+        low = int(present.min()) if len(present) else 0
+        span = int(present.max()) - low + 1 if len(present) else 1
+        if span > self.LOOKUP_SPAN:
+            return None
+        table = np.zeros(span + 1, dtype=np.int32)  # the extra slot answers out-of-range tokens
+        ids = np.arange(1, len(vocab) + 1, dtype=np.int32)
+        table[present - low] = ids[vocab != MISSING]
+        missing_id = int(ids[vocab == MISSING][0]) if (vocab == MISSING).any() else 0
+        return low, table, missing_id
+
+    @staticmethod
+    def _look_up(tokens: np.ndarray, low: int, table: np.ndarray, missing_id: int) -> np.ndarray:
+        offset = tokens - low
+        outside = (offset < 0) | (offset >= len(table) - 1)
+        ids = table[np.where(outside, len(table) - 1, offset)]
+        ids[tokens == MISSING] = missing_id
+        return ids
 
     def encode(self, tokens: Sequence[np.ndarray]) -> np.ndarray:
         """int64 tokens, one array per field → int32 ids [n, fields] (row-major, ready for a chunk)."""
-        frame = pl.DataFrame({f"f{j}": column for j, column in enumerate(tokens)})
-        if frame.height == 0:
-            return np.zeros((0, len(tokens)), dtype=np.int32)
-        ids = frame.select(
-            pl.col(f"f{j}").replace_strict(self._keys[j], self._ids[j], default=0, return_dtype=pl.Int32)
-            for j in range(len(tokens))
-        )
-        return ids.to_numpy(order="c")
+        n = len(tokens[0]) if len(tokens) else 0
+        out = np.empty((n, len(tokens)), dtype=np.int32)
+        hashed = [j for j, table in enumerate(self._tables) if table is None]
+        if hashed and n:
+            frame = pl.DataFrame({f"f{j}": tokens[j] for j in hashed})
+            ids = frame.select(
+                pl.col(f"f{j}").replace_strict(self._keys[j], self._ids[j], default=0, return_dtype=pl.Int32) for j in hashed
+            )
+            out[:, hashed] = ids.to_numpy(order="c")
+        for j, table in enumerate(self._tables):
+            if table is not None:
+                out[:, j] = self._look_up(tokens[j], *table)
+        return out
 
 
 def vocab_array_name(field_name: str) -> str:
@@ -469,8 +503,8 @@ def _first_pass(jobs, labeled, options, spill, counter, bad_rows, progress) -> l
         for path, role in jobs:
             stats = SourceStats(role, fingerprint(path))
             parser = CriteoParser(path, labeled[path], options, bad_rows)
-            for block in read_blocks(path, options.block_bytes):
-                parsed = parser.parse(block)
+            blocks = prefetched(((block, parser.parse(block)) for block in read_blocks(path, options.block_bytes)), depth=1)
+            for block, parsed in blocks:
                 if role == "raw":
                     split = _split_assignment(rng, block.num_lines, ratios)[parsed.line_index]
                     counter.update(parsed.tokens.filter(pl.Series(split == 0)))

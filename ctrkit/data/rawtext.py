@@ -7,16 +7,20 @@ reader that keeps track of line numbers, and the record of malformed rows.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from queue import Empty, Queue
+from typing import Iterator, TypeVar
 
 from ctrkit.errors import InputError
 
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_BLOCK_BYTES = 64 << 20
 FINGERPRINT_BYTES = 1 << 20
+T = TypeVar("T")
 
 
 def check_text_file(path: str | os.PathLike) -> Path:
@@ -77,27 +81,71 @@ class Block:
 def read_blocks(path: Path, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[Block]:
     """Yield the file in blocks of about ``block_bytes``, cut after a newline.
 
-    A last line without a trailing newline gets one, so that every block parses the same way.
+    The file is memory-mapped, so each block is one copy out of the page cache. A last line
+    without a trailing newline gets one, so that every block parses the same way.
     """
     line = 1
-    carry = b""
     with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            start = 0
+            while start < size:
+                end = min(start + block_bytes, size)
+                if end < size:
+                    cut = view.rfind(b"\n", start, end) + 1
+                    if cut <= start:  # one line longer than a block: take the whole line
+                        cut = view.find(b"\n", end) + 1 or size
+                    end = cut
+                data = view[start:end]
+                if not data.endswith(b"\n"):
+                    data += b"\n"
+                count = data.count(b"\n")
+                yield Block(data, line, count)
+                line += count
+                start = end
+
+
+def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Run ``items`` in a background thread, ``depth`` items ahead of the consumer.
+
+    Parsing (polars, which releases the GIL) then overlaps with what the caller does with the
+    previous item. An exception in the producer is raised in the consumer; leaving the loop
+    early stops the producer.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                queue.put((item, None))
+            queue.put((done, None))
+        except BaseException as exc:  # handed to the consumer
+            queue.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="ctrkit-prefetch", daemon=True)
+    thread.start()
+    try:
         while True:
-            data = handle.read(block_bytes)
-            if not data:
-                break
-            data = carry + data
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:  # one line longer than a block: keep reading
-                carry = data
-                continue
-            carry = data[cut:]
-            block = data[:cut]
-            count = block.count(b"\n")
-            yield Block(block, line, count)
-            line += count
-    if carry:
-        yield Block(carry + b"\n", line, 1)
+            item, error = queue.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                queue.get_nowait()
+            except Empty:
+                pass
+            thread.join(timeout=0.01)
 
 
 @dataclass
