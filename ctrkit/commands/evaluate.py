@@ -1,0 +1,99 @@
+"""``ctrkit evaluate CKPT --data STORE``: AUC and logloss of a checkpoint on one split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="metrics of a checkpoint on a split of a store",
+        description="Evaluate a checkpoint (a .pt file, or a model_save_dir holding best.pt) on a store split.",
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or model_save_dir (uses best.pt)")
+    parser.add_argument("--data", required=True, metavar="STORE", help="store built by `ctrkit preprocess`")
+    parser.add_argument("--split", default="test", help="split to evaluate [default: test]")
+    parser.add_argument("--out", metavar="JSON", help="also write the metrics to this JSON file")
+    add_inference_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``evaluate`` and ``predict``."""
+    parser.add_argument("--batch_size", default="8192", help="rows per batch [default: 8192]")
+    parser.add_argument("--gpu_ids", default="", help='one GPU to run on, e.g. "0" [default: CPU]')
+    parser.add_argument("--num_workers", default="0", help="DataLoader worker processes [default: 0]")
+    parser.add_argument("--threads", default="0", help="torch intra-op threads (0: torch's default)")
+
+
+def inference_overrides(args: argparse.Namespace) -> dict:
+    """Validated training-option overrides for inference (one device, one process)."""
+    from ctrkit.config import parse_gpu_ids, parse_int
+    from ctrkit.errors import ConfigError
+
+    gpu_ids = parse_gpu_ids(args.gpu_ids)
+    if len(gpu_ids) > 1:
+        raise ConfigError(f"--gpu_ids {args.gpu_ids}: inference runs on one GPU; give one id")
+    return {
+        "gpu_ids": gpu_ids,
+        "eval_batch_size": parse_int("batch_size", args.batch_size, minimum=1),
+        "num_workers": parse_int("num_workers", args.num_workers, minimum=0),
+        "threads": parse_int("threads", args.threads, minimum=0),
+    }
+
+
+def open_store(path: str):
+    """The store named by ``--data``; its errors name the flag."""
+    from ctrkit.data.store import Store
+    from ctrkit.errors import StoreError
+
+    try:
+        return Store(path)
+    except StoreError as exc:
+        raise StoreError(f"--data: {exc}") from None
+
+
+def load_trainer(checkpoint: str, overrides: dict):
+    """Check devices, then rebuild the trainer from the checkpoint."""
+    import torch
+
+    from ctrkit.pytorch.trainer import Trainer, check_gpu_ids
+
+    check_gpu_ids(overrides["gpu_ids"])
+    if overrides["threads"]:
+        torch.set_num_threads(overrides["threads"])
+    return Trainer.from_checkpoint(checkpoint, **overrides)
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ctrkit.errors import ConfigError, StoreError
+
+    overrides = inference_overrides(args)
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        raise ConfigError(f"--out {args.out}: directory {Path(args.out).parent} does not exist")
+    store = open_store(args.data)
+    if args.split not in store.splits:
+        raise StoreError(f"--split {args.split}: store {store.path} has splits {', '.join(sorted(store.splits))}")
+    trainer = load_trainer(args.checkpoint, overrides)
+    metrics = trainer.evaluate(store, args.split)
+    metrics["checkpoint"] = str(args.checkpoint)
+    print(f"{args.split}: auc {metrics['auc']:.6f}  logloss {metrics['logloss']:.6f}  rows {metrics['rows']}")
+    if args.out:
+        from ctrkit.pytorch.trainer import json_safe
+
+        write_json_atomic(args.out, json_safe(metrics))
+    return 0

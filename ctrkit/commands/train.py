@@ -1,0 +1,36 @@
+"""``ctrkit train``: train a model on a store (flags in :mod:`ctrkit.config`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ctrkit.config import add_train_arguments
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model on a store",
+        description=(
+            "Train a CTR model on a store built by `ctrkit preprocess`. Options come from the flags "
+            "and an optional --config YAML file (flags win). Writes best.pt, last.pt, metrics.json "
+            "and TensorBoard logs to --model_save_dir."
+        ),
+    )
+    add_train_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ctrkit.config import TrainConfig
+
+    config = TrainConfig.from_args(args)
+    from ctrkit.pytorch.trainer import train_from_config
+
+    metrics = train_from_config(config, warn=lambda message: print(message, file=sys.stderr))
+    if metrics.get("test") and os.environ.get("RANK", "0") == "0":
+        print(f"test auc {metrics['test']['auc']:.5f}  logloss {metrics['test']['logloss']:.5f}  "
+              f"(best epoch {metrics['best_epoch']}; {config.save_dir})")
+    return 0

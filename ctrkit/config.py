@@ -1,0 +1,494 @@
+"""``TrainConfig``: every training option, from flags, a YAML file, or Python.
+
+Precedence, lowest to highest: the defaults below, the keys of ``--config run.yaml``, then the
+flags the user actually typed (flags are registered with ``argparse.SUPPRESS`` defaults, so an
+absent flag never overrides the file). Values may arrive as strings (flags), YAML scalars/lists, or
+Python objects; :meth:`TrainConfig.validate` coerces them to plain types and raises a
+:class:`~ctrkit.errors.ConfigError` naming the flag (``--lr must be > 0, got -1``) for anything out
+of range. The original project's flags are kept with their spelling (``--batch_size``,
+``--gpu_ids 1,2,3,4``, ``--model_save_dir``...).
+
+Model hyper-parameter flags (``--embed_size``, ``--hidden_units``, ``--cross_layers`` ...) default to
+``None`` = "the model's own default"; :meth:`TrainConfig.hparams` passes only those that were set,
+plus the free-form ``--model_args key=value,...``, to :func:`ctrkit.registry.build_torch_model`.
+
+This module imports neither torch nor the models, so building the CLI parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ctrkit.errors import ConfigError
+
+OPTIMIZERS = ("Adam", "AdamW", "Adagrad", "SGD")
+LOSSES = ("BCE",)
+FRAMEWORKS = ("torch", "tf")
+PRECISIONS = ("fp32", "bf16")
+_FRAMEWORK_ALIASES = {"pytorch": "torch", "tensorflow": "tf"}
+
+#: Fields passed through to the model (``None`` = the model's default).
+MODEL_HPARAMS = (
+    "embed_size",
+    "hidden_units",
+    "dropout",
+    "batch_norm",
+    "cross_layers",
+    "cin_layer_units",
+    "attention_layers",
+    "num_heads",
+    "attention_dim",
+    "attention_factor",
+)
+
+
+@dataclass
+class TrainConfig:
+    """All options of a training run (see ``ctrkit train --help`` for each one's meaning)."""
+
+    model: str = ""
+    framework: str = "torch"
+    data: str = ""
+    epochs: int = 100
+    batch_size: int = 4096
+    optimizer: str = "Adam"
+    loss: str = "BCE"
+    gpu_ids: list = field(default_factory=list)
+    lr: float = 1e-3
+    model_save_dir: str = ""
+    # model hyper-parameters (None: the model's default)
+    embed_size: int | None = None
+    hidden_units: list | None = None
+    dropout: float | None = None
+    batch_norm: bool | None = None
+    cross_layers: int | None = None
+    cin_layer_units: list | None = None
+    attention_layers: int | None = None
+    num_heads: int | None = None
+    attention_dim: int | None = None
+    attention_factor: int | None = None
+    model_args: dict = field(default_factory=dict)
+    # regularisation and schedule
+    weight_decay: float = 0.0
+    embedding_l2: float = 0.0
+    patience: int = 2
+    lr_patience: int = 0
+    lr_factor: float = 0.1
+    # run control
+    seed: int = 2018
+    num_workers: int = 0
+    precision: str = "fp32"
+    resume: bool = False
+    eval_batch_size: int = 0
+    checkpoint_every: int = 0
+    max_steps: int = 0
+    log_every: int = 50
+    cpu_processes: int = 0
+    threads: int = 0
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
+        """Merge ``--config`` (if given) with the flags present in ``args``, then validate."""
+        merged: dict[str, Any] = {}
+        config_path = getattr(args, "config", None)
+        if config_path:
+            merged.update(load_yaml(config_path))
+        names = field_names()
+        merged.update({k: v for k, v in vars(args).items() if k in names})
+        return cls(**merged).validate()
+
+    @classmethod
+    def from_dict(cls, data: dict, *, strict: bool = True) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; ``strict=False`` drops unknown keys (older checkpoints)."""
+        names = field_names()
+        unknown = sorted(set(data) - names)
+        if unknown and strict:
+            raise ConfigError(f"unknown training options: {', '.join(unknown)}")
+        return cls(**{k: v for k, v in data.items() if k in names}).validate()
+
+    def to_dict(self) -> dict:
+        """Plain types only (str, int, float, bool, None, lists, dicts), for checkpoints and JSON."""
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with some options changed."""
+        return type(self)(**{**self.to_dict(), **changes}).validate()
+
+    # -- derived values ----------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        """Processes the launcher starts: one per GPU id, or ``cpu_processes``, or 1."""
+        if len(self.gpu_ids) > 1:
+            return len(self.gpu_ids)
+        return max(1, self.cpu_processes)
+
+    @property
+    def save_dir(self) -> Path:
+        return Path(self.model_save_dir)
+
+    def hparams(self) -> dict[str, Any]:
+        """Model hyper-parameters that were set (flags, YAML or ``model_args``), for the registry."""
+        out = {name: getattr(self, name) for name in MODEL_HPARAMS if getattr(self, name) is not None}
+        out.update(self.model_args)
+        return out
+
+    # -- validation --------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        """Coerce every option to its type and check its range; returns ``self``.
+
+        Raises:
+            ConfigError: the message names the flag, e.g. ``--dropout must be in [0, 1), got 1.5``.
+        """
+        self._validate_required()
+        self._validate_run()
+        self._validate_training()
+        self._validate_model_hparams()
+        self._validate_devices()
+        return self
+
+    def _validate_required(self) -> None:
+        framework = _FRAMEWORK_ALIASES.get(str(self.framework).lower(), self.framework)
+        self.framework = _choice("framework", framework, FRAMEWORKS)
+        if self.framework == "tf":
+            raise ConfigError("--framework tf: TensorFlow training is not available yet; use --framework torch")
+        if not self.model or not str(self.model).strip():
+            raise ConfigError("--model is required (see `ctrkit models` for the list)")
+        from ctrkit.registry import get_model_info  # light: the registry imports no torch
+
+        try:
+            self.model = get_model_info(str(self.model)).name
+        except ConfigError as exc:
+            raise ConfigError(f"--model: {exc}") from None
+        self.data = str(self.data or "")  # required by `ctrkit train`, not by Trainer.fit(store)
+        self.model_save_dir = str(self.model_save_dir or Path("checkpoints") / self.model)
+
+    def _validate_training(self) -> None:
+        self.epochs = _int("epochs", self.epochs, minimum=1)
+        self.batch_size = _int("batch_size", self.batch_size, minimum=1)
+        self.eval_batch_size = _int("eval_batch_size", self.eval_batch_size, minimum=0)
+        self.optimizer = _choice("optimizer", self.optimizer, OPTIMIZERS)
+        self.loss = _choice("loss", self.loss, LOSSES)
+        self.lr = _float("lr", self.lr, positive=True)
+        self.weight_decay = _float("weight_decay", self.weight_decay)
+        self.embedding_l2 = _float("embedding_l2", self.embedding_l2)
+        self.patience = _int("patience", self.patience, minimum=0)
+        self.lr_patience = _int("lr_patience", self.lr_patience, minimum=0)
+        self.lr_factor = _float("lr_factor", self.lr_factor, positive=True)
+        if self.lr_factor >= 1.0:
+            raise ConfigError(f"--lr_factor must be in (0, 1), got {_show(self.lr_factor)}")
+
+    def _validate_run(self) -> None:
+        self.seed = _int("seed", self.seed, minimum=0)
+        self.num_workers = _int("num_workers", self.num_workers, minimum=0)
+        self.precision = _choice("precision", self.precision, PRECISIONS)
+        self.resume = _bool("resume", self.resume)
+        self.checkpoint_every = _int("checkpoint_every", self.checkpoint_every, minimum=0)
+        self.max_steps = _int("max_steps", self.max_steps, minimum=0)
+        self.log_every = _int("log_every", self.log_every, minimum=1)
+        self.cpu_processes = _int("cpu_processes", self.cpu_processes, minimum=0)
+        self.threads = _int("threads", self.threads, minimum=0)
+
+    def _validate_model_hparams(self) -> None:
+        for name in ("embed_size", "attention_layers", "num_heads", "attention_dim", "attention_factor"):
+            setattr(self, name, _optional(_int, name, getattr(self, name), minimum=1))
+        self.cross_layers = _optional(_int, "cross_layers", self.cross_layers, minimum=0)
+        self.dropout = _optional(_dropout, "dropout", self.dropout)
+        self.batch_norm = _optional(_bool, "batch_norm", self.batch_norm)
+        self.hidden_units = _optional(_units, "hidden_units", self.hidden_units)
+        self.cin_layer_units = _optional(_units, "cin_layer_units", self.cin_layer_units)
+        self.model_args = _model_args(self.model_args)
+        clash = sorted(set(self.model_args) & set(MODEL_HPARAMS))
+        if clash:
+            raise ConfigError(f"--model_args: {', '.join(clash)} has its own flag; use --{clash[0]}")
+
+    def _validate_devices(self) -> None:
+        self.gpu_ids = _gpu_ids(self.gpu_ids)
+        if self.gpu_ids and self.cpu_processes > 1:
+            raise ConfigError("--cpu_processes cannot be combined with --gpu_ids (pick CPU or GPU training)")
+        world = self.world_size
+        if self.batch_size % world:
+            flag = "--gpu_ids" if len(self.gpu_ids) > 1 else "--cpu_processes"
+            raise ConfigError(
+                f"--batch_size {self.batch_size} must be divisible by the number of processes ({world}, from {flag})"
+            )
+
+
+def field_names() -> set[str]:
+    return {f.name for f in fields(TrainConfig)}
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML
+# ---------------------------------------------------------------------------------------------
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a run file: a mapping of option names (``batch_size`` or ``batch-size``) to values."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value, got {type(data).__name__}")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - field_names())
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Coercion helpers: each names the flag in its error
+# ---------------------------------------------------------------------------------------------
+def _show(value: Any) -> str:
+    """A value as the user typed it: flags arrive as strings, shown without quotes."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def _int(name: str, value: Any, minimum: int | None = None) -> int:
+    number: int | None = None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, numbers.Integral):
+        number = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        number = int(value)
+    if number is None:
+        raise ConfigError(f"--{name} must be an integer, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"--{name} must be >= {minimum}, got {_show(value)}")
+    return number
+
+
+def _float(name: str, value: Any, positive: bool = False) -> float:
+    number: float | None = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number):
+        raise ConfigError(f"--{name} must be a finite number, got {value!r}")
+    if positive and number <= 0:
+        raise ConfigError(f"--{name} must be > 0, got {_show(value)}")
+    if not positive and number < 0:
+        raise ConfigError(f"--{name} must be >= 0, got {_show(value)}")
+    return number
+
+
+def _dropout(name: str, value: Any) -> float:
+    try:
+        number = _float(name, value)
+    except ConfigError:
+        number = None
+    if number is None or not 0.0 <= number < 1.0:
+        raise ConfigError(f"--{name} must be in [0, 1), got {_show(value)}")
+    return number
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ConfigError(f"--{name} must be true or false, got {value!r}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Case-insensitive match, returned in its canonical spelling."""
+    by_key = {c.lower(): c for c in choices}
+    key = str(value).strip().lower()
+    if key not in by_key:
+        raise ConfigError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
+    return by_key[key]
+
+
+def _units(name: str, value: Any) -> list[int]:
+    """``"400,400,400"``, ``[400, 400]`` or ``""``/``[]`` (no layers) -> list of positive ints."""
+    example = f"--{name} must be comma-separated positive integers such as 400,400,400"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        items: list[Any] = [value]
+    elif isinstance(value, str):
+        text = value.strip().strip("[]()").strip()
+        items = [t.strip() for t in text.split(",")] if text else []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(f"{example}, got {value!r}")
+    units = []
+    for item in items:
+        if isinstance(item, bool) or not (
+            isinstance(item, numbers.Integral) or (isinstance(item, str) and item.isdigit())
+        ):
+            raise ConfigError(f"{example}, got {value!r}")
+        if int(item) < 1:
+            raise ConfigError(f"{example}, got {value!r}")
+        units.append(int(item))
+    return units
+
+
+def _gpu_ids(value: Any) -> list[int]:
+    """``"1,2,3"`` / ``[1, 2]`` / ``0`` / ``""`` / ``None`` -> distinct non-negative ids."""
+    if value is None:
+        return []
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        items: list[Any] = [value]
+    elif isinstance(value, str):
+        items = [t.strip() for t in value.split(",") if t.strip()] if value.strip() else []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(f"--gpu_ids must be comma-separated GPU numbers such as 0,1, got {value!r}")
+    ids = []
+    for item in items:
+        if isinstance(item, bool) or not (
+            isinstance(item, numbers.Integral) or (isinstance(item, str) and item.isdigit())
+        ):
+            raise ConfigError(f"--gpu_ids must be comma-separated GPU numbers such as 0,1, got {value!r}")
+        ids.append(int(item))
+    if any(i < 0 for i in ids):
+        raise ConfigError(f"--gpu_ids must be >= 0, got {value!r}")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"--gpu_ids lists a GPU twice: {value!r}")
+    return ids
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _model_args(value: Any) -> dict[str, Any]:
+    """``"use_residual=false,activation=gelu"`` or a mapping -> dict with YAML-typed values."""
+    import yaml
+
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, str):
+        pairs = []
+        for item in value.split(","):
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--model_args must be key=value pairs separated by commas, got {value!r}")
+            try:
+                parsed = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                parsed = raw.strip()
+            pairs.append((key.strip(), parsed))
+    else:
+        raise ConfigError(f"--model_args must be key=value pairs separated by commas, got {value!r}")
+    out = {}
+    for key, val in pairs:
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise ConfigError(f"--model_args: {key!r} is not a valid hyper-parameter name")
+        out[key] = val
+    return out
+
+
+#: Public names of the coercion helpers, for other commands' flags.
+parse_int = _int
+parse_float = _float
+parse_gpu_ids = _gpu_ids
+
+
+def _optional(check, name: str, value: Any, **kwargs: Any):
+    return None if value is None else check(name, value, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# argparse
+# ---------------------------------------------------------------------------------------------
+_HELP: dict[str, str] = {
+    "model": "model name (see `ctrkit models`), e.g. deepfm",
+    "framework": "torch or tf",
+    "data": "store directory built by `ctrkit preprocess`",
+    "config": "YAML file of options; flags given on the command line override it",
+    "epochs": "maximum number of epochs (early stopping may end sooner)",
+    "batch_size": "global training batch size (split evenly across processes)",
+    "optimizer": "Adam, AdamW, Adagrad or SGD (case-insensitive)",
+    "loss": "loss function: BCE (binary cross-entropy on logits)",
+    "gpu_ids": 'GPUs to train on, e.g. "0" or "1,2,3,4" (several: DistributedDataParallel); empty: CPU',
+    "lr": "learning rate",
+    "embed_size": "embedding size",
+    "model_save_dir": "directory for checkpoints, metrics.json and TensorBoard logs",
+    "hidden_units": "DNN layer sizes, e.g. 400,400,400 (empty string: none)",
+    "dropout": "DNN dropout rate in [0, 1)",
+    "batch_norm": "batch normalisation in the DNN",
+    "cross_layers": "DCN: number of cross layers",
+    "cin_layer_units": "xDeepFM: CIN layer sizes, e.g. 16,16,16",
+    "attention_layers": "AutoInt: number of self-attention layers",
+    "num_heads": "AutoInt: attention heads",
+    "attention_dim": "AutoInt: attention size per head",
+    "attention_factor": "AFM: attention network size",
+    "model_args": "other model hyper-parameters as key=value,key=value",
+    "weight_decay": "L2 on weights (not on biases, norms or embeddings); decoupled for AdamW",
+    "embedding_l2": "L2 on the embedding rows each batch looks up",
+    "patience": "stop after this many epochs without a better validation AUC",
+    "lr_patience": "epochs without improvement before the learning rate is multiplied by --lr_factor",
+    "lr_factor": "learning-rate multiplier on a validation plateau",
+    "seed": "random seed (initialisation, shuffling, dropout)",
+    "num_workers": "DataLoader worker processes per training process",
+    "precision": "fp32 or bf16 (autocast of the forward pass)",
+    "resume": "continue from <model_save_dir>/last.pt",
+    "eval_batch_size": "batch size for evaluation (0: --batch_size)",
+    "checkpoint_every": "also write last.pt every N training steps (0: only at the end of epochs)",
+    "max_steps": "stop after N training steps (0: no limit)",
+    "log_every": "update the progress bar and TensorBoard every N steps",
+    "cpu_processes": "N > 1: DistributedDataParallel over N CPU processes (gloo), for testing",
+    "threads": "torch intra-op threads per process (0: torch's default)",
+}
+
+_BOOLEAN_FLAGS = ("batch_norm", "resume")
+_METAVARS = {
+    "framework": "{torch,tf}", "optimizer": "{Adam,AdamW,Adagrad,SGD}", "loss": "{BCE}",
+    "precision": "{fp32,bf16}", "data": "STORE", "model_save_dir": "DIR", "gpu_ids": "IDS",
+    "hidden_units": "N,N,...", "cin_layer_units": "N,N,...", "model_args": "KEY=VALUE,...",
+}
+_SHOWN_DEFAULTS = {"gpu_ids": "CPU", "model_args": "none", "model_save_dir": "checkpoints/<model>"}
+
+
+def _shown_default(name: str, value: Any) -> str:
+    if name in ("model", "data"):
+        return "required"
+    shown = _SHOWN_DEFAULTS.get(name, "the model's" if value is None else str(value))
+    return f"default: {shown}"
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add every training flag. Defaults are suppressed so ``from_args`` sees only typed flags."""
+    defaults = TrainConfig()
+    parser.add_argument("--config", metavar="RUN.YAML", default=argparse.SUPPRESS, help=_HELP["config"])
+    for f in fields(TrainConfig):
+        shown = _shown_default(f.name, getattr(defaults, f.name))
+        help_text = f"{_HELP.get(f.name, f.name)} [{shown}]"
+        if f.name in _BOOLEAN_FLAGS:
+            parser.add_argument(
+                f"--{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            metavar = _METAVARS.get(f.name, f.name.upper())
+            parser.add_argument(f"--{f.name}", metavar=metavar, default=argparse.SUPPRESS, help=help_text)
+    return parser
