@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ctrkit-installed
 DEMO   := demo
-ROWS   ?= 400000
+ROWS   ?= 1000000
 
 .PHONY: setup demo test bench clean
 
