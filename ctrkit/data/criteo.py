@@ -70,7 +70,7 @@ class CriteoOptions:
     seed: int = 2018
     strict: bool = False
     chunk_rows: int = DEFAULT_CHUNK_ROWS
-    block_bytes: int = 32 << 20
+    block_bytes: int = 8 << 20
 
     def __post_init__(self) -> None:
         if self.numeric not in NUMERIC_MODES:
@@ -136,18 +136,6 @@ def _typed_schema(columns: Sequence[str]) -> dict[str, pl.DataType]:
     return {name: types[name] for name in columns}
 
 
-def _read(data: bytes, columns: Sequence[str], schema: dict, ignore_errors: bool = False) -> pl.DataFrame:
-    return pl.read_csv(
-        data,
-        has_header=False,
-        separator="\t",
-        quote_char=None,
-        new_columns=list(columns),
-        schema=schema,
-        ignore_errors=ignore_errors,
-    )
-
-
 class CriteoParser:
     """Validates and tokenises blocks of raw Criteo lines of one file.
 
@@ -167,25 +155,34 @@ class CriteoParser:
     def parse(self, block: Block) -> ParsedBlock:
         if block.data.count(b"\t") == (len(self.columns) - 1) * block.num_lines:
             try:
-                frame = _read(block.data, self.columns, self.schema)
-                if frame.height == block.num_lines and self._labels_valid(frame):
-                    return self._convert(frame, np.arange(block.num_lines))
+                frame = pl.scan_csv(block.data, **self._csv_options(self.schema))
+                converted = frame.select(self._exprs() + self._label_check()).collect()
+                if converted.height == block.num_lines and (not self.labeled or converted.get_column("label_ok").all()):
+                    return self._parsed(converted, np.arange(block.num_lines))
             except pl.exceptions.PolarsError:
                 pass
         return self._parse_carefully(block)
 
-    def _labels_valid(self, frame: pl.DataFrame) -> bool:
-        return not self.labeled or bool(frame.select(pl.col(LABEL).is_in([0, 1]).all()).item())
+    def _csv_options(self, schema: dict) -> dict:
+        return {"has_header": False, "separator": "\t", "quote_char": None, "new_columns": list(self.columns), "schema": schema}
+
+    def _label_check(self) -> list[pl.Expr]:
+        return [pl.col(LABEL).is_in([0, 1]).alias("label_ok")] if self.labeled else []
 
     def _convert(self, frame: pl.DataFrame, line_index: np.ndarray) -> ParsedBlock:
         """Typed rows → tokens (int64, fields × rows), labels and dense features."""
+        return self._parsed(frame.select(self._exprs()), line_index)
+
+    def _exprs(self) -> list[pl.Expr]:
         ints = [] if self.options.numeric == "dense" else [_bucket(pl.col(n)).fill_null(MISSING).alias(n) for n in INT_FIELDS]
         exprs = ints + [_hex(n, strict=True).fill_null(MISSING).alias(n) for n in CAT_FIELDS]
         if self.options.numeric == "dense":
             exprs += [pl.col(n).clip(lower_bound=0).cast(pl.Float64).log1p().fill_null(0.0).cast(pl.Float32).alias(f"dense:{n}") for n in INT_FIELDS]
         if self.labeled:
             exprs.append(pl.col(LABEL).cast(pl.Float32))
-        converted = frame.select(exprs)
+        return exprs
+
+    def _parsed(self, converted: pl.DataFrame, line_index: np.ndarray) -> ParsedBlock:
         dense = None
         if self.options.numeric == "dense":
             dense = converted.select([f"dense:{n}" for n in INT_FIELDS]).to_numpy(order="c")
@@ -207,8 +204,8 @@ class CriteoParser:
         typed = None
         if kept:
             data = b"\n".join(lines[i] for i in kept) + b"\n"
-            typed = _read(data, self.columns, self.schema, ignore_errors=True)
-            raw = _read(data, self.columns, {name: pl.String for name in self.columns})
+            typed = pl.read_csv(data, **self._csv_options(self.schema), ignore_errors=True)
+            raw = pl.read_csv(data, **self._csv_options({name: pl.String for name in self.columns}))
             for position, (name, reason) in self._field_problems(typed, raw).items():
                 problems.setdefault(int(kept_index[position]), (name, reason))
         for index in sorted(problems):
@@ -529,8 +526,8 @@ def _second_pass(out, options, vocabularies, spill, split_labeled, meta, overwri
         for name in SPLITS:
             writer.declare_split(name, labeled=split_labeled[name])
         with tqdm(total=total_rows, unit="rows", unit_scale=True, desc="pass 2/2 encode", disable=_bar_disabled(progress)) as bar:
-            for block in spill:
-                columns = {"sparse": encoder.encode(block.tokens)}
+            for block, ids in prefetched(((block, encoder.encode(block.tokens)) for block in spill), depth=1):
+                columns = {"sparse": ids}
                 if block.labels is not None:
                     columns["label"] = block.labels
                 if block.dense is not None:

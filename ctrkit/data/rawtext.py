@@ -99,12 +99,21 @@ def read_blocks(path: Path, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[
                         cut = view.find(b"\n", end) + 1 or size
                     end = cut
                 data = view[start:end]
+                _release(view, start, end)
                 if not data.endswith(b"\n"):
                     data += b"\n"
                 count = data.count(b"\n")
                 yield Block(data, line, count)
                 line += count
                 start = end
+
+
+def _release(view: mmap.mmap, start: int, end: int) -> None:
+    """Drop the pages of a block already copied, so resident memory does not grow with the file."""
+    page = mmap.PAGESIZE
+    first = start // page * page
+    if hasattr(mmap, "MADV_DONTNEED") and end > first:
+        view.madvise(mmap.MADV_DONTNEED, first, end - first)
 
 
 def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:

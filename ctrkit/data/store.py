@@ -282,8 +282,8 @@ class StoreWriter:
         self._env = lmdb.open(
             str(self.tmp_path), map_size=self._map_size, subdir=True, sync=False, metasync=False, max_dbs=0
         )
-        self._pending: dict[str, list[dict[str, np.ndarray]]] = {}
-        self._pending_rows: dict[str, int] = {}
+        self._buffers: dict[str, dict[str, np.ndarray]] = {}
+        self._filled: dict[str, int] = {}
         self._splits: dict[str, dict[str, Any]] = {}
         self._closed = False
 
@@ -312,8 +312,7 @@ class StoreWriter:
     def declare_split(self, split: str, *, labeled: bool = True) -> None:
         """Record a split (so that an empty one still appears in the metadata)."""
         self._splits.setdefault(split, {"rows": 0, "chunk_rows": [], "labeled": labeled, "positives": 0})
-        self._pending.setdefault(split, [])
-        self._pending_rows.setdefault(split, 0)
+        self._filled.setdefault(split, 0)
 
     def append(self, split: str, columns: dict[str, np.ndarray]) -> None:
         """Append rows to ``split``; every column has the same first dimension."""
@@ -322,34 +321,45 @@ class StoreWriter:
         if len(lengths) != 1:
             raise ValueError(f"columns of different lengths appended to {split!r}: {lengths}")
         (n,) = lengths
-        if n == 0:
-            return
-        self._pending[split].append(columns)
-        self._pending_rows[split] += n
-        while self._pending_rows[split] >= self.chunk_rows:
-            self._flush(split, self.chunk_rows)
+        buffer = self._chunk_buffer(split, columns)
+        offset = 0
+        while offset < n:
+            filled = self._filled[split]
+            take = min(self.chunk_rows - filled, n - offset)
+            for key, array in columns.items():
+                buffer[key][filled : filled + take] = array[offset : offset + take]
+            self._filled[split] = filled + take
+            offset += take
+            if self._filled[split] == self.chunk_rows:
+                self._flush(split)
 
-    def _flush(self, split: str, rows: int) -> None:
-        blocks = self._pending[split]
-        merged = {key: np.concatenate([b[key] for b in blocks]) if len(blocks) > 1 else blocks[0][key] for key in blocks[0]}
-        chunk = {key: array[:rows] for key, array in merged.items()}
-        rest = {key: array[rows:] for key, array in merged.items()}
+    def _chunk_buffer(self, split: str, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The reused buffer that collects one chunk of ``split`` (allocated on first use)."""
+        buffer = self._buffers.get(split)
+        if buffer is None:
+            buffer = {key: np.empty((self.chunk_rows, *a.shape[1:]), dtype=a.dtype) for key, a in columns.items()}
+            self._buffers[split] = buffer
+        if buffer.keys() != columns.keys() or any(buffer[k].shape[1:] != a.shape[1:] for k, a in columns.items()):
+            raise ValueError(f"rows appended to {split!r} do not match the earlier columns {sorted(buffer)}")
+        return buffer
+
+    def _flush(self, split: str) -> None:
+        rows = self._filled[split]
+        chunk = {key: array[:rows] for key, array in self._buffers[split].items()}
         info = self._splits[split]
         self._put(chunk_key(split, len(info["chunk_rows"])), encode_arrays(chunk))
         info["chunk_rows"].append(rows)
         info["rows"] += rows
         if "label" in chunk:
             info["positives"] += int(np.count_nonzero(chunk["label"] > 0.5))
-        remaining = self._pending_rows[split] - rows
-        self._pending[split] = [rest] if remaining else []
-        self._pending_rows[split] = remaining
+        self._filled[split] = 0
 
     # -- completion --------------------------------------------------------------------------
     def commit(self, meta: dict[str, Any] | None = None) -> Store:
         """Flush partial chunks, write the completion record and move the store into place."""
-        for split, rows in self._pending_rows.items():
+        for split, rows in self._filled.items():
             if rows:
-                self._flush(split, rows)
+                self._flush(split)
         record = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
