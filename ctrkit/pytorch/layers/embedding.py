@@ -15,10 +15,43 @@ from ctrkit.schema import Schema
 EMBEDDING_INIT_STD = 1e-4
 
 
+class _GatherRows(torch.autograd.Function):
+    """``weight[ids]`` whose backward scatters with ``index_put_(accumulate=True)``.
+
+    On CPU, the backward of ``F.embedding`` (``embedding_dense_backward``) launches one
+    TensorIterator add per looked-up row; for a Criteo batch (4096 x 39 ids, 16 wide) that takes
+    ~11 ms on one core, one accumulating ``index_put_`` (a single serial pass in id order, so
+    deterministic) ~2.5 ms. ``index_put_`` is run with one intra-op thread: with two it takes
+    ~13 ms (torch 2.13). The gradient is the same dense ``[num_rows, dim]`` tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.num_rows = weight.shape[0]
+        return F.embedding(ids, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.shape[-1])
+        grad_weight = rows.new_zeros(ctx.num_rows, rows.shape[1])
+        threads = torch.get_num_threads()
+        if threads > 1:
+            torch.set_num_threads(1)
+        try:
+            grad_weight.index_put_((ids.reshape(-1),), rows, accumulate=True)
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
+        return grad_weight, None
+
+
 class EmbeddingTable(nn.Module):
     """A plain embedding matrix; the only place where embedding parameters live.
 
-    ``out[..., :] = weight[ids[...], :]`` (one gather, ``F.embedding``). The trainer finds every
+    ``out[..., :] = weight[ids[...], :]`` (one gather, ``F.embedding``; on CPU the backward is one
+    accumulating scatter instead of ``F.embedding``'s per-row loop, same gradient). The trainer finds every
     ``EmbeddingTable`` by type: it keeps ``weight`` out of weight decay and hooks ``forward`` to
     add ``embedding_l2 * sum(output ** 2) / B`` -- so every embedding read must go through
     :meth:`forward`. Rows are initialised from ``N(0, init_std^2)`` (default ``1e-4``).
@@ -48,7 +81,10 @@ class EmbeddingTable(nn.Module):
         nn.init.normal_(self.weight, mean=0.0, std=self.init_std)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids.long(), self.weight)  # (..., dim)
+        ids = ids.long()
+        if self.weight.device.type == "cpu" and self.weight.requires_grad and torch.is_grad_enabled():
+            return _GatherRows.apply(self.weight, ids)  # (..., dim)
+        return F.embedding(ids, self.weight)  # (..., dim)
 
     def extra_repr(self) -> str:
         return f"{self.num_rows}, {self.dim}"

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrkit.errors import ConfigError
+from ctrkit.pytorch.layers import _fused
 from ctrkit.pytorch.layers._checks import check_bool, check_int, check_prob, check_units
 from ctrkit.pytorch.layers.embedding import Bias
 from ctrkit.pytorch.layers.mlp import init_linear, make_activation
@@ -37,6 +38,9 @@ class FactorizationMachine(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _fused.fm_pairwise(x)  # (B, 1); same formula, hand-written backward
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         square_of_sum = x.sum(dim=1).pow(2)  # (B, D)
         sum_of_square = x.pow(2).sum(dim=1)  # (B, D)
         return 0.5 * (square_of_sum - sum_of_square).sum(dim=1, keepdim=True)  # (B, 1)
@@ -118,6 +122,11 @@ class CrossNet(nn.Module):
             bias.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The recursion in closed form (x_l = c_l x_0 + beta_l, see _fused._CrossNet): one GEMM
+        # and one addcmul over [B, d] instead of three passes per layer; same values.
+        return _fused.cross_net(x, self.weight, [b.bias for b in self.biases])  # (B, d)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = x  # (B, d)
         xl = x  # (B, d)
         for layer in range(self.num_layers):
@@ -136,8 +145,10 @@ class CompressedInteractionNetwork(nn.Module):
         p^k_h     = sum_d X^k_{h,d}                       (sum pooling)
         output    = [p^1, ..., p^T]
 
-    Each layer is one outer product ``[B, H_{k-1}*m, D]`` followed by a kernel-size-1 ``Conv1d``
-    without bias (the filters ``W^k``, Xavier-normal). With ``split_half`` every layer but the
+    The filters ``W^k`` are the weights of kernel-size-1 ``Conv1d`` modules without bias
+    (Xavier-normal). The computation (``_fused.cin``) never builds the ``[B, H_{k-1}*m, D]`` outer
+    product: ``X^k_h = sum_i X^{k-1}_i o (W^{k,h}_{i,*} X^0)``, one GEMM per layer on chunks of
+    rows, with a hand-written backward. With ``split_half`` every layer but the
     last sends half of its feature maps to the next layer and the other half to the output
     (as in the authors' code); the paper's formula uses ``act = identity``, the default here.
 
@@ -191,6 +202,13 @@ class CompressedInteractionNetwork(nn.Module):
             init_linear(conv)
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        if x0.shape[1] != self.num_fields:
+            raise ValueError(f"CIN built for {self.num_fields} fields got input {tuple(x0.shape)}")
+        weights = [conv.weight for conv in self.convs]
+        return _fused.cin(x0, weights, self.next_sizes, self.activation)  # (B, output_dim)
+
+    def reference_forward(self, x0: torch.Tensor) -> torch.Tensor:
+        """The outer-product + ``Conv1d`` form of eq. 6 (slow; kept as the readable reference)."""
         batch, m, dim = x0.shape
         h = x0  # (B, H_0 = m, D)
         pooled = []
@@ -216,7 +234,9 @@ class MultiHeadSelfAttention(nn.Module):
         e~^h_m        = sum_k alpha^h_{m,k} W^h_V e_k
         e^Res_m       = ReLU( [e~^1_m ; ... ; e~^H_m] + W_Res e_m )
 
-    All heads are computed at once (projections to ``H * d'``, then batched attention). The paper
+    All heads are computed at once: the four projections as one GEMM (their weights
+    concatenated), then batched attention, in cache-sized chunks of rows with a hand-written
+    backward (``_fused.self_attention``; ``reference_forward`` is the plain version). The paper
     uses unscaled dot products; ``scaled=True`` divides by ``sqrt(d')`` instead. Projections are
     bias-free Xavier-normal ``nn.Linear``.
 
@@ -262,6 +282,15 @@ class MultiHeadSelfAttention(nn.Module):
                 init_linear(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projections = [self.query.weight, self.key.weight, self.value.weight]
+        if self.residual is not None:
+            projections.append(self.residual.weight)
+        scale = 1.0 / math.sqrt(self.attention_dim) if self.scaled else 1.0
+        weight = torch.cat(projections, dim=0)  # ((3|4) * H*d', d): the projections as one GEMM
+        return _fused.self_attention(x, weight, self.num_heads, self.attention_dim, scale, self.residual is not None)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same layer with separate projections and ``scaled_dot_product_attention``."""
         batch, fields, _ = x.shape
         heads = (batch, fields, self.num_heads, self.attention_dim)
         q = self.query(x).view(heads).transpose(1, 2)  # (B, H, F, d')

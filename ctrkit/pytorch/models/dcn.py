@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ctrkit.pytorch.layers import MLP, CrossNet, FieldEmbedding, init_linear
@@ -63,7 +64,10 @@ class DCN(CTRModel):
 
     def logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         x0 = self.embedding(batch).flatten(1)  # (B, F*D)
-        parts = [self.cross(x0)]  # (B, F*D)
-        if self.dnn.hidden_units:
-            parts.append(self.dnn(x0))  # (B, H)
-        return self.output(torch.cat(parts, dim=1))  # (B, 1)
+        cross = self.cross(x0)  # (B, F*D)
+        if not self.dnn.hidden_units:
+            return self.output(cross)  # (B, 1)
+        # w^T [x_L; h] + b without materialising the concatenation: two GEMVs on column blocks
+        d = cross.shape[1]
+        weight = self.output.weight  # (1, F*D + H)
+        return F.linear(cross, weight[:, :d], self.output.bias) + F.linear(self.dnn(x0), weight[:, d:])  # (B, 1)

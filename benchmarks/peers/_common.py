@@ -1,0 +1,125 @@
+"""Shared by the runner scripts in this directory (each runs in its own process, often under the
+peers' virtualenv, so this module needs nothing but numpy and the standard library).
+
+A runner is started by ``bench_models.py`` as::
+
+    PYTHON benchmarks/peers/run_X.py --spec SPEC.json
+
+``SPEC.json`` says which model to build, where the dumped rows are and where to write the test
+predictions; the runner prints exactly one line starting with ``RESULT `` followed by a JSON object
+(see :func:`emit`). Everything else it prints is kept only for the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULT_PREFIX = "RESULT "
+
+
+def read_spec() -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--spec", required=True, type=Path)
+    args = parser.parse_args()
+    return json.loads(args.spec.read_text())
+
+
+def own_peak_rss_mb() -> float:
+    """``VmHWM`` of this process (reset at exec, so it is this runner's own peak), in MB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def own_rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load_rows(spec: dict[str, Any]) -> dict[str, Any]:
+    """The dumped rows: train (first ``spec['train_rows']`` of the trainer's order) and test.
+
+    Returns ``{"vocab_sizes", "field_names", "train_x" (N, F) int32, "train_y" (N,) float32,
+    "test_x", "test_y"}``; field ``j`` holds ids in ``[0, vocab_sizes[j])``.
+    """
+    data = Path(spec["data_dir"])
+    meta = json.loads((data / "meta.json").read_text())
+    n = int(spec["train_rows"])
+    train_x = np.load(data / "train_sparse.npy", mmap_mode="r")[:n]
+    train_y = np.load(data / "train_label.npy", mmap_mode="r")[:n]
+    return {
+        "vocab_sizes": [int(v) for v in meta["vocab_sizes"]],
+        "field_names": list(meta["field_names"]),
+        "train_x": np.ascontiguousarray(train_x),
+        "train_y": np.ascontiguousarray(train_y, dtype=np.float32),
+        "test_x": np.load(data / "test_sparse.npy"),
+        "test_y": np.load(data / "test_label.npy").astype(np.float32),
+    }
+
+
+class StepClock:
+    """Wall-clock time at the end of every optimiser step (for the steady-state rate)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.rows: list[int] = []
+
+    def tick(self, rows: int) -> None:
+        self.times.append(time.perf_counter())
+        self.rows.append(int(rows))
+
+    def steady_rows_per_s(self) -> float | None:
+        """Rows of steps 2..n divided by the time from the end of step 1 to the end of step n."""
+        if len(self.times) < 3:
+            return None
+        seconds = self.times[-1] - self.times[0]
+        return sum(self.rows[1:]) / seconds if seconds > 0 else None
+
+
+def set_thread_env(threads: int) -> None:
+    """Pin the math libraries to ``threads`` threads (must run before torch/TF are imported)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+
+
+def save_predictions(spec: dict[str, Any], probs: np.ndarray) -> str:
+    path = Path(spec["predictions"])
+    np.save(path, np.asarray(probs, dtype=np.float64).reshape(-1))
+    return str(path)
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the one ``RESULT {json}`` line the orchestrator parses."""
+    result.setdefault("peak_rss_mb", own_peak_rss_mb())
+    sys.stdout.flush()
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def result_base(spec: dict[str, Any], train_rows: int, train_seconds: float, clock: StepClock,
+                rss_before_mb: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "contender": spec["contender"],
+        "model": spec["model"],
+        "train_rows": int(train_rows),
+        "train_seconds": float(train_seconds),
+        "rows_per_s": train_rows / train_seconds if train_seconds > 0 else None,
+        "steady_rows_per_s": clock.steady_rows_per_s(),
+        "steps": len(clock.times),
+        "first_step_seconds": (clock.times[0] - clock.start) if clock.times and hasattr(clock, "start") else None,
+        "rss_before_train_mb": rss_before_mb,
+        **extra,
+    }

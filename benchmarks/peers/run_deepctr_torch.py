@@ -1,0 +1,78 @@
+"""DeepCTR-Torch runner: the library's own ``compile`` + ``fit`` (one epoch), timed; see ``_common``.
+
+Model settings follow the benchmark protocol: embedding 16, DNN (400, 400, 400), no dropout, every
+``l2_reg_*`` = 0, Adam lr 1e-3 (``torch.optim.Adam``), batch 4096, ``torch.set_num_threads``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import _common
+
+spec = _common.read_spec()
+_common.set_thread_env(spec["threads"])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from deepctr_torch.inputs import SparseFeat  # noqa: E402
+from deepctr_torch.models import DCN, AutoInt, DeepFM, xDeepFM  # noqa: E402
+
+torch.set_num_threads(spec["threads"])
+torch.set_num_interop_threads(1)
+torch.manual_seed(spec["seed"])
+np.random.seed(spec["seed"])
+
+rows = _common.load_rows(spec)
+names = rows["field_names"]
+hp = spec["hparams"]
+features = [SparseFeat(name, vocabulary_size=v, embedding_dim=hp["embed_size"]) for name, v in zip(names, rows["vocab_sizes"])]
+common = dict(dnn_hidden_units=tuple(hp["hidden_units"]), l2_reg_embedding=0.0, l2_reg_dnn=0.0, dnn_dropout=0.0,
+              seed=spec["seed"], task="binary", device="cpu")
+model_name = spec["model"]
+if model_name == "deepfm":
+    model = DeepFM(features, features, l2_reg_linear=0.0, **common)
+elif model_name == "dcn":
+    model = DCN(features, features, cross_num=hp["cross_layers"], cross_parameterization="vector", l2_reg_linear=0.0,
+                l2_reg_cross=0.0, **common)
+elif model_name == "xdeepfm":
+    model = xDeepFM(features, features, cin_layer_size=tuple(hp["cin_layer_units"]), cin_split_half=True,
+                    cin_activation="linear", l2_reg_linear=0.0, l2_reg_cin=0.0, **common)
+elif model_name == "autoint+":
+    # DeepCTR-Torch splits the embedding into the heads: d' = embed_size / heads (8 here).
+    if hp["embed_size"] // hp["num_heads"] != hp["attention_dim"]:
+        raise SystemExit(f"DeepCTR-Torch AutoInt needs attention_dim = embed_size / num_heads, got {hp}")
+    model = AutoInt(features, features, att_layer_num=hp["attention_layers"], att_head_num=hp["num_heads"],
+                    att_res=True, **common)
+else:
+    raise SystemExit(f"DeepCTR-Torch runner: unknown model {model_name}")
+
+optimizer = torch.optim.Adam(model.parameters(), lr=spec["lr"])
+model.compile(optimizer, "binary_crossentropy", metrics=[])
+
+clock = _common.StepClock()
+batch_size = spec["batch_size"]
+n = len(rows["train_y"])
+_step = optimizer.step
+
+
+def timed_step(*args, **kwargs):
+    out = _step(*args, **kwargs)
+    done = len(clock.times)
+    clock.tick(min(batch_size, n - done * batch_size))
+    return out
+
+
+optimizer.step = timed_step
+x_train = {name: rows["train_x"][:, j] for j, name in enumerate(names)}
+rss_before = _common.own_rss_mb()
+clock.start = start = time.perf_counter()
+model.fit(x_train, rows["train_y"], batch_size=batch_size, epochs=1, verbose=0, shuffle=True)
+seconds = time.perf_counter() - start
+
+x_test = {name: rows["test_x"][:, j] for j, name in enumerate(names)}
+probs = model.predict(x_test, batch_size=16384)
+_common.save_predictions(spec, probs)
+_common.emit(_common.result_base(spec, n, seconds, clock, rss_before, params=sum(p.numel() for p in model.parameters()),
+                                 library="deepctr-torch " + __import__("deepctr_torch").__version__,
+                                 torch=torch.__version__))

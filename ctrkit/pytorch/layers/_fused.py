@@ -1,0 +1,425 @@
+"""Hand-written forward/backward passes of the interaction blocks (CPU-first, any device).
+
+Each function here computes exactly the formula of the block that calls it (see the docstrings in
+``interaction.py``); only the order of the arithmetic and what is kept for the backward differ
+from what autograd would do with the naive expression:
+
+* fewer passes over ``[B, F, D]``-sized tensors (on CPU these blocks are bound by memory traffic
+  and by the number of ops, not by FLOPs);
+* no temporary above a few MB where the naive expression materialises hundreds of MB (the CIN
+  outer product is ``B x H x m x D``): glibc serves allocations above 32 MB with fresh ``mmap``
+  pages, so every such temporary costs page faults on every step;
+* under autocast the heavy products run in the autocast dtype (bf16) with fp32 parameter and
+  input gradients, like autocast's own ``mm``.
+
+Every function is checked against autograd of the plain formula with ``gradcheck`` in
+``tests/pytorch/test_fused.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+#: bytes of the largest per-chunk temporary of the chunked CIN (fits in L2/L3 on CPU)
+CIN_CHUNK_BYTES_CPU = 2 << 20
+CIN_CHUNK_BYTES_GPU = 512 << 20
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would compute a matmul of ``x`` in (``x.dtype`` without autocast)."""
+    device = x.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device) and x.is_floating_point():
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+def _grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulator dtype for parameter gradients computed in ``dtype``."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# Factorization machine (pairwise term)
+# ---------------------------------------------------------------------------------------------
+class _FMPairwise(torch.autograd.Function):
+    """``y = 1/2 (||sum_i v_i||^2 - sum_i ||v_i||^2)``; backward ``dy/dv_i = sum_j v_j - v_i``.
+
+    Two reads of ``x`` forward and one fused write backward, where autograd of the formula makes
+    two ``[B, F, D]`` temporaries forward and four passes backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        total = x.sum(dim=1)  # (B, D)
+        flat = x.reshape(x.shape[0], -1)
+        out = 0.5 * (torch.linalg.vecdot(total, total) - torch.linalg.vecdot(flat, flat))  # (B,)
+        ctx.save_for_backward(x, total)
+        return out.unsqueeze(1)  # (B, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, total = ctx.saved_tensors
+        g = grad.to(x.dtype)  # (B, 1)
+        return torch.addcmul((g * total).unsqueeze(1), x, g.unsqueeze(-1), value=-1.0)  # g (s - v_i)
+
+
+def fm_pairwise(x: torch.Tensor) -> torch.Tensor:
+    """``sum_{i<j} <v_i, v_j>`` of ``x`` ``[B, F, D]`` -> ``[B, 1]``, in O(F D)."""
+    return _FMPairwise.apply(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross network (DCN v1)
+# ---------------------------------------------------------------------------------------------
+class _CrossNet(torch.autograd.Function):
+    """``x_{l+1} = x_0 (x_l . w_l) + b_l + x_l``, all layers, in closed form.
+
+    By induction every ``x_l`` is ``x_0`` scaled per row plus a constant vector::
+
+        x_l = c_l x_0 + beta_l,   c_0 = 1, beta_0 = 0
+        s_l = x_l . w_l = c_l t_l + beta_l . w_l,   t_l = x_0 . w_l
+        c_{l+1} = c_l + s_l,      beta_{l+1} = beta_l + b_l
+
+    so the network is ``T = x_0 W^T`` (one GEMM), a recursion on ``[B]`` vectors and one
+    ``addcmul`` -- the same numbers as the layer-by-layer recursion (up to rounding) with two
+    passes over ``[B, d]`` instead of three per layer, and five in the backward instead of six per
+    layer.
+    """
+
+    @staticmethod
+    def forward(ctx, x0, weight, *biases):
+        layers = len(biases)
+        with torch.autocast(x0.device.type, enabled=False):  # elementwise-bound: stays in fp32
+            t = torch.mm(x0, weight.t())  # (B, L): t_l = x_0 . w_l
+            beta = torch.zeros_like(weight[0])
+            cs = [torch.ones_like(t[:, 0])]  # c_0 = 1
+            betas = [beta]
+            for layer in range(layers):
+                s = cs[-1] * t[:, layer] + torch.dot(beta, weight[layer])  # (B,)
+                cs.append(cs[-1] + s)
+                beta = beta + biases[layer]
+                betas.append(beta)
+            out = torch.addcmul(beta, x0, cs[-1].unsqueeze(1))  # c_L x_0 + beta_L
+        ctx.save_for_backward(x0, weight, t, torch.stack(cs, 1), torch.stack(betas))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x0, weight, t, cs, betas = ctx.saved_tensors
+        layers = weight.shape[0]
+        grad_beta = grad.sum(dim=0)  # dL/dbeta_L (d,)
+        grad_c = torch.linalg.vecdot(grad, x0)  # dL/dc_L (B,)
+        grad_x0 = grad * cs[:, layers].unsqueeze(1)
+        grad_t = torch.empty_like(t)
+        grad_bw = []  # dL/d(beta_l . w_l), scalars
+        for layer in range(layers - 1, -1, -1):
+            grad_s = grad_c  # c_{l+1} = c_l + s_l
+            grad_t[:, layer] = grad_s * cs[:, layer]
+            grad_bw.append(grad_s.sum())
+            grad_c = grad_c + grad_s * t[:, layer]
+        grad_bw = torch.stack(grad_bw[::-1])  # (L,)
+        grad_x0.addmm_(grad_t, weight)  # through t = x_0 W^T
+        grad_w = torch.mm(grad_t.t(), x0) + grad_bw.unsqueeze(1) * betas[:layers]
+        # beta_l = b_0 + ... + b_{l-1}: dL/db_k = dL/dbeta_L + sum_{l > k} grad_bw_l w_l
+        through_dot = grad_bw.unsqueeze(1) * weight  # (L, d): dL/dbeta_l from beta_l . w_l
+        suffix = torch.flip(torch.cumsum(torch.flip(through_dot, [0]), 0), [0])  # sum_{l >= k}
+        grad_b = [grad_beta + (suffix[k + 1] if k + 1 < layers else 0) for k in range(layers)]
+        return (grad_x0, grad_w, *grad_b)
+
+
+def cross_net(x0: torch.Tensor, weight: torch.Tensor, biases: Sequence[torch.Tensor]) -> torch.Tensor:
+    """DCN cross network of ``x0`` ``[B, d]`` with ``weight`` ``[L, d]`` and ``L`` biases ``[d]``."""
+    dtype = torch.promote_types(x0.dtype, weight.dtype)
+    return _CrossNet.apply(x0.to(dtype), weight.to(dtype), *[b.to(dtype) for b in biases])
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed Interaction Network
+# ---------------------------------------------------------------------------------------------
+class _CIN(torch.autograd.Function):
+    """All CIN layers, batch processed in chunks of rows, nothing of size ``B x H x m x D`` built.
+
+    Layer ``k`` maps ``h`` (``H`` maps) and ``x0`` (``m`` fields) to ``z`` (``Hk`` maps)::
+
+        z[o, c] = sum_{i, j} W[o, i, j] h[i, c] x0[j, c]          (c = (row, d) column)
+                = sum_i h[i, c] P[o, i, c],   P = W.view(Hk*H, m) @ x0      (one GEMM)
+
+    Layer 1 (``h = x0``) is a quadratic form, so ``W`` may be replaced by its symmetric part
+    ``S = (W + W^T) / 2`` (same ``z``) and ``d z / d x0 = 2 S x0``: one GEMM fewer in the backward.
+    Backward of a layer, with ``G = dL/dz`` (``Hk x n``)::
+
+        dW    = (G (x) h) @ x0^T          dx0 += W^T @ (G (x) h)      dh = sum_o G[o] P[o]
+
+    Activations other than identity are applied to ``z`` and differentiated by autograd on the
+    recomputed ``z`` inside the backward. Tensors are kept field-major (``[fields, B*D]``) so each
+    chunk is a column block and every product is a plain 2-D GEMM.
+    """
+
+    @staticmethod
+    def forward(ctx, x0, chunk_rows, next_sizes, activation, *weights):
+        batch, m, dim = x0.shape
+        cdt = compute_dtype(x0)
+        identity = isinstance(activation, nn.Identity)
+        with torch.autocast(x0.device.type, enabled=False), torch.no_grad():
+            x0t = x0.detach().to(cdt).permute(1, 0, 2).reshape(m, batch * dim)  # (m, B*D)
+            mats = _cin_mats(weights, m, cdt)  # (Hk*H, m); layer 1 symmetrised
+            units = [w.shape[0] for w in weights]
+            out_rows = [u - k if k < u else u for u, k in zip(units, next_sizes)]
+            out = x0t.new_empty(batch, sum(out_rows))  # (B, output_dim)
+            # inputs of layers 2..T, kept for the backward (small: keep_k x B*D)
+            states = [x0t] + [x0t.new_empty(k, batch * dim) for k in next_sizes[:-1]]
+            for start in range(0, batch, chunk_rows):
+                stop = min(batch, start + chunk_rows)
+                cols = slice(start * dim, stop * dim)
+                xc0 = x0t[:, cols]  # (m, n)
+                h, offset = xc0, 0
+                for k, mat in enumerate(mats):
+                    z = _cin_layer(mat, xc0, h, units[k])  # (Hk, n)
+                    if not identity:
+                        z = activation(z)
+                    keep = next_sizes[k]
+                    h, o = (z[:keep], z[keep:]) if keep < units[k] else (z, z)
+                    if k + 1 < len(mats):
+                        states[k + 1][:, cols] = h
+                    pooled = o.view(o.shape[0], stop - start, dim).sum(-1)  # (H_out, rows)
+                    out[start:stop, offset:offset + o.shape[0]] = pooled.t()
+                    offset += o.shape[0]
+        ctx.save_for_backward(*states, *mats)
+        ctx.meta = (chunk_rows, tuple(next_sizes), units, out_rows, x0.dtype, [(w.shape, w.dtype) for w in weights])
+        ctx.activation = None if identity else activation
+        ctx.x_shape = (batch, m, dim)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        chunk_rows, next_sizes, units, out_rows, x_dtype, w_meta = ctx.meta
+        batch, m, dim = ctx.x_shape
+        layers = len(units)
+        saved = ctx.saved_tensors
+        states, mats = saved[:layers], saved[layers:]
+        x0t = states[0]
+        cdt = x0t.dtype
+        activation = ctx.activation
+        offsets = [sum(out_rows[:k]) for k in range(layers)]
+        with torch.autocast(x0t.device.type, enabled=False), torch.no_grad():
+            g_out = grad_out.to(cdt)
+            dx0t = torch.zeros_like(x0t)
+            dmats = [torch.zeros(mat.shape, dtype=_grad_dtype(cdt), device=mat.device) for mat in mats]
+            for start in range(0, batch, chunk_rows):
+                stop = min(batch, start + chunk_rows)
+                rows, n = stop - start, (stop - start) * dim
+                cols = slice(start * dim, stop * dim)
+                xc0, dxc0 = x0t[:, cols], dx0t[:, cols]
+                g_h = None  # dL/dh of the layer above
+                for k in range(layers - 1, -1, -1):
+                    hk, keep, mat = units[k], next_sizes[k], mats[k]
+                    h = states[k][:, cols]  # (H, n)
+                    g_pool = g_out[start:stop, offsets[k]:offsets[k] + out_rows[k]].t()  # (H_out, rows)
+                    grad = x0t.new_empty(hk, n)
+                    pool_part = grad[keep:] if keep < hk else grad
+                    pool_part.view(-1, rows, dim).copy_(g_pool.unsqueeze(-1).expand(-1, -1, dim))
+                    if keep < hk:
+                        if g_h is None:
+                            grad[:keep].zero_()
+                        else:
+                            grad[:keep].copy_(g_h)
+                    elif g_h is not None:
+                        grad.add_(g_h)
+                    p = torch.mm(mat, xc0).view(hk, h.shape[0], n)  # recomputed P
+                    if activation is not None:
+                        with torch.enable_grad():
+                            z = (p * h.unsqueeze(0)).sum(1).requires_grad_()
+                            (grad,) = torch.autograd.grad(activation(z), z, grad)
+                    y = (grad.unsqueeze(1) * h.unsqueeze(0)).view(hk * h.shape[0], n)  # G (x) h
+                    dmats[k].add_(torch.mm(y, xc0.t()))
+                    gh = (p * grad.unsqueeze(1)).sum(0)  # (H, n)
+                    if k == 0:  # h = x0 and the matrix is symmetric: dx0 = 2 S x0 G
+                        dxc0.add_(gh, alpha=2.0)
+                    else:
+                        dxc0.addmm_(mat.t(), y)
+                        g_h = gh
+            grad_x0 = dx0t.view(m, batch, dim).permute(1, 0, 2).to(x_dtype)
+            grad_ws = []
+            for k, ((shape, dtype), dmat) in enumerate(zip(w_meta, dmats)):
+                if k == 0:  # gradient of W from that of its symmetric part: dW = (dS + dS^T) / 2
+                    sq = dmat.view(units[0], m, m)
+                    dmat = (sq + sq.transpose(1, 2)).mul_(0.5)
+                grad_ws.append(dmat.reshape(shape).to(dtype))
+        return (grad_x0, None, None, None, *grad_ws)
+
+
+def _cin_mats(weights: Sequence[torch.Tensor], m: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    mats = []
+    for k, w in enumerate(weights):
+        hk = w.shape[0]
+        h = w.shape[1] // m
+        mat = w.detach().reshape(hk, h, m)
+        if k == 0:
+            mat = (mat + mat.transpose(1, 2)) * 0.5  # symmetric part: same quadratic form
+        mats.append(mat.to(dtype).reshape(hk * h, m).contiguous())
+    return mats
+
+
+def _cin_layer(mat: torch.Tensor, x0: torch.Tensor, h: torch.Tensor, units: int) -> torch.Tensor:
+    """``z[o, c] = sum_i h[i, c] (mat @ x0)[o*H + i, c]`` for one column chunk."""
+    p = torch.mm(mat, x0).view(units, h.shape[0], x0.shape[1])  # (Hk, H, n)
+    return (p * h.unsqueeze(0)).sum(1)  # (Hk, n)
+
+
+def cin(x0: torch.Tensor, weights: Sequence[torch.Tensor], next_sizes: Sequence[int], activation: nn.Module) -> torch.Tensor:
+    """CIN of ``x0`` ``[B, m, D]`` with filters ``weights[k]`` ``[H_k, H_{k-1} * m, 1]`` -> ``[B, out]``."""
+    batch, m, dim = x0.shape
+    itemsize = torch.empty((), dtype=compute_dtype(x0)).element_size()
+    widest = max(w.shape[0] * (w.shape[1] // m) for w in weights)  # rows of the largest P
+    budget = CIN_CHUNK_BYTES_CPU if x0.device.type == "cpu" else CIN_CHUNK_BYTES_GPU
+    chunk_rows = max(1, min(batch, budget // max(1, widest * dim * itemsize)))
+    return _CIN.apply(x0, chunk_rows, tuple(next_sizes), activation, *weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-attention over fields (AutoInt interacting layer)
+# ---------------------------------------------------------------------------------------------
+#: target bytes of one chunk's attention matrices ``[rows * H, F, F]`` (fp32)
+ATTENTION_CHUNK_BYTES = 3 << 19
+
+
+class _SelfAttention(torch.autograd.Function):
+    """``out = ReLU(softmax(scale * Q K^T) V + R)`` per head with ``[Q|K|V|R] = x W^T``.
+
+    ``W`` is the four projection matrices stacked (``[(3|4) * H * d, in]``; no ``R`` without the
+    residual). Rows of the batch are processed in chunks that stay in cache: one projection GEMM,
+    then the heads of a row as ONE product each, against block-diagonal operands::
+
+        S = [Q_1 .. Q_H] @ blockdiag(K_1^T .. K_H^T)      [F, H*F]  (= [Q_1 K_1^T .. Q_H K_H^T])
+        O = [A_1 .. A_H] @ blockdiag(V_1 .. V_H)          [F, H*d]  (= [A_1 V_1 .. A_H V_H])
+
+    Half the FLOPs of these products are zeros, but with ``d = 8`` and ``F = 39`` one ``39 x 16
+    x 78`` GEMM per row runs ~2x faster than two ``39 x 8 x 39`` ones, and ``Q``, ``O`` and ``dQ``
+    stay in the projection's ``[F, H*d]`` layout (no head-major copies). The attention matrices are
+    kept for the backward in chunk-sized pieces (no 50 MB+ allocation per step, which glibc would
+    serve with fresh pages every time); the chunk's projection is recomputed. Under bf16 autocast
+    the products run in bf16 and the softmax and its backward in fp32; ``W``'s gradient is
+    accumulated in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, heads, head_dim, scale, residual, chunk_rows):
+        batch, fields, width_in = x.shape
+        width = heads * head_dim
+        parts = weight.shape[0] // width  # 3 or 4
+        cdt = compute_dtype(x)
+        sdt = _grad_dtype(cdt)
+        attn_chunks = []
+        with torch.autocast(x.device.type, enabled=False), torch.no_grad():
+            w = weight.detach().to(cdt)
+            out = torch.empty(batch, fields, width, dtype=cdt, device=x.device)
+            k_bd, v_bd = _block_buffers(chunk_rows, fields, heads, head_dim, cdt, x.device)
+            for start in range(0, batch, chunk_rows):
+                stop = min(batch, start + chunk_rows)
+                n = stop - start
+                y = _project(x[start:stop], w, parts, cdt)  # (n, F, P, H*d)
+                _fill_blocks(k_bd[:n], v_bd[:n], y, heads, head_dim)
+                scores = torch.bmm(y[:, :, 0], k_bd[:n])  # (n, F, H*F)
+                if scale != 1.0:
+                    scores.mul_(scale)
+                attn = torch.softmax(scores.view(n, fields, heads, fields), -1, dtype=sdt)  # kept
+                attn_chunks.append(attn)
+                o = out[start:stop]
+                torch.bmm(attn.view(n, fields, heads * fields).to(cdt), v_bd[:n], out=o)  # (n, F, H*d)
+                if residual:
+                    o.add_(y[:, :, 3])
+                o.relu_()
+        ctx.save_for_backward(x, weight, out, *attn_chunks)
+        ctx.meta = (heads, head_dim, scale, residual, chunk_rows, cdt)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, out, *attn_chunks = ctx.saved_tensors
+        heads, head_dim, scale, residual, chunk_rows, cdt = ctx.meta
+        sdt = _grad_dtype(cdt)
+        batch, fields, width_in = x.shape
+        width = heads * head_dim
+        parts = weight.shape[0] // width
+        with torch.autocast(x.device.type, enabled=False), torch.no_grad():
+            w = weight.detach().to(cdt)
+            grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            grad_w = torch.zeros(weight.shape, dtype=_grad_dtype(cdt), device=weight.device)
+            k_bd, v_bd = _block_buffers(chunk_rows, fields, heads, head_dim, cdt, x.device)
+            for index, start in enumerate(range(0, batch, chunk_rows)):
+                stop = min(batch, start + chunk_rows)
+                n = stop - start
+                y = _project(x[start:stop], w, parts, cdt)  # recomputed (n, F, P, H*d)
+                _fill_blocks(k_bd[:n], v_bd[:n], y, heads, head_dim)
+                g = (grad_out[start:stop] * (out[start:stop] > 0)).to(cdt)  # through the ReLU
+                attn = attn_chunks[index]  # (n, F, H, F)
+                attn_c = attn.view(n, fields, heads * fields).to(cdt)
+                d_attn = torch.bmm(g, v_bd[:n].transpose(1, 2))  # (n, F, H*F)
+                d_scores = torch._softmax_backward_data(d_attn.view(attn.shape).to(sdt), attn, -1, sdt)
+                if scale != 1.0:
+                    d_scores.mul_(scale)
+                d_scores = d_scores.view(n, fields, heads * fields).to(cdt)
+                dy = torch.empty(n, fields, parts, width, dtype=cdt, device=x.device)
+                dy[:, :, 0].copy_(torch.bmm(d_scores, k_bd[:n].transpose(1, 2)))  # dQ (n, F, H*d)
+                d_kbd = torch.bmm(y[:, :, 0].transpose(1, 2), d_scores)  # (n, H*d, H*F)
+                d_vbd = torch.bmm(attn_c.transpose(1, 2), g)  # (n, H*F, H*d)
+                _take_blocks(dy, d_kbd, d_vbd, heads, head_dim, fields)
+                if residual:
+                    dy[:, :, 3].copy_(g)
+                flat = dy.view(n * fields, parts * width)
+                grad_w.add_(torch.mm(flat.t(), x[start:stop].reshape(n * fields, width_in).to(cdt)))
+                if grad_x.dtype == cdt:
+                    torch.mm(flat, w, out=grad_x[start:stop].view(n * fields, width_in))
+                else:
+                    grad_x[start:stop].view(n * fields, width_in).copy_(torch.mm(flat, w))
+        return grad_x, grad_w.to(weight.dtype), None, None, None, None, None
+
+
+def _project(x, w, parts, dtype):
+    """``x`` ``[n, F, in]`` @ ``w^T`` -> ``[n, F, P, H*d]`` (contiguous)."""
+    n, fields, width_in = x.shape
+    return torch.mm(x.reshape(n * fields, width_in).to(dtype), w.t()).view(n, fields, parts, -1)
+
+
+def _block_buffers(rows, fields, heads, head_dim, dtype, device):
+    """Zeroed ``[rows, H*d, H*F]`` and ``[rows, H*F, H*d]``: only diagonal blocks are ever written."""
+    k_bd = torch.zeros(rows, heads * head_dim, heads * fields, dtype=dtype, device=device)
+    v_bd = torch.zeros(rows, heads * fields, heads * head_dim, dtype=dtype, device=device)
+    return k_bd, v_bd
+
+
+def _fill_blocks(k_bd, v_bd, y, heads, head_dim):
+    """``k_bd = blockdiag(K_h^T)``, ``v_bd = blockdiag(V_h)`` from ``y`` ``[n, F, P, H*d]``."""
+    n, fields = y.shape[:2]
+    k = y[:, :, 1].view(n, fields, heads, head_dim)
+    v = y[:, :, 2].view(n, fields, heads, head_dim)
+    k_blocks = k_bd.view(n, heads, head_dim, heads, fields)
+    v_blocks = v_bd.view(n, heads, fields, heads, head_dim)
+    for h in range(heads):
+        k_blocks[:, h, :, h, :].copy_(k[:, :, h, :].transpose(1, 2))
+        v_blocks[:, h, :, h, :].copy_(v[:, :, h, :])
+
+
+def _take_blocks(dy, d_kbd, d_vbd, heads, head_dim, fields):
+    """Diagonal blocks of ``d_kbd`` (``dK_h^T``) and ``d_vbd`` (``dV_h``) into ``dy[:, :, 1|2]``."""
+    n = dy.shape[0]
+    dk = dy[:, :, 1].view(n, fields, heads, head_dim)
+    dv = dy[:, :, 2].view(n, fields, heads, head_dim)
+    k_blocks = d_kbd.view(n, heads, head_dim, heads, fields)
+    v_blocks = d_vbd.view(n, heads, fields, heads, head_dim)
+    for h in range(heads):
+        dk[:, :, h, :].copy_(k_blocks[:, h, :, h, :].transpose(1, 2))
+        dv[:, :, h, :].copy_(v_blocks[:, h, :, h, :])
+
+
+def self_attention(x: torch.Tensor, weight: torch.Tensor, heads: int, head_dim: int, scale: float,
+                   residual: bool) -> torch.Tensor:
+    """``ReLU(MultiHead(x) + x W_Res^T)`` with ``weight = [W_Q; W_K; W_V(; W_Res)]``: ``[B, F, H*d]``."""
+    batch, fields, _ = x.shape
+    chunk_rows = max(1, min(batch, ATTENTION_CHUNK_BYTES // (heads * fields * fields * 4)))
+    if x.device.type != "cpu":
+        chunk_rows = batch
+    return _SelfAttention.apply(x, weight, heads, head_dim, float(scale), bool(residual), chunk_rows)
