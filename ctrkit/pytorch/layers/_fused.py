@@ -53,9 +53,11 @@ class _FMPairwise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        total = x.sum(dim=1)  # (B, D)
-        flat = x.reshape(x.shape[0], -1)
-        out = 0.5 * (torch.linalg.vecdot(total, total) - torch.linalg.vecdot(flat, flat))  # (B,)
+        # autocast would run vecdot in bf16: the difference of two large, close sums must not
+        with torch.autocast(x.device.type, enabled=False):
+            total = x.sum(dim=1)  # (B, D)
+            flat = x.reshape(x.shape[0], -1)
+            out = 0.5 * (torch.linalg.vecdot(total, total) - torch.linalg.vecdot(flat, flat))  # (B,)
         ctx.save_for_backward(x, total)
         return out.unsqueeze(1)  # (B, 1)
 
