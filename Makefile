@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ctrkit-installed
 DEMO   := demo
 ROWS   ?= 1000000
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench-peers clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,16 @@ demo: $(DEMO)/criteo.lmdb
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the peer libraries for benchmarks/bench_models.py, in their own virtualenv (torch pinned to the
+# CPU build so that pip does not pull a CUDA one)
+PEERS := benchmarks/.peers-venv
+bench-peers: $(PEERS)/.installed
+$(PEERS)/.installed:
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q torch==2.13.0 deepctr-torch==0.3.0 torch-rechub==0.9.0 requests
+	$(PEERS)/bin/python -m pip install -q tensorflow-cpu==2.21.0 tf-keras==2.21.0 deepctr==0.9.4
+	touch $@
 
 clean:
 	rm -rf $(DEMO) benchmarks/out
