@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctrkit.data.criteo import SPLITS
+from ctrkit.data.criteo import SPLITS, split_assignment
 from ctrkit.data.store import Store
 from ctrkit.metrics import auc, logloss
 
@@ -29,14 +29,13 @@ RUNS = {
 def oracle_on_test(store: Store, raw: Path) -> tuple[float, float]:
     """AUC and logloss of the true probabilities on the store's test rows.
 
-    The split is one uniform draw per line from ``default_rng(seed)`` (see ``ctrkit.data.criteo``),
-    so the test lines can be recomputed; synthetic files have no malformed lines to skip.
+    The split is the preprocessing's own draw per line, recomputed with the store's seed and
+    ratios; synthetic files have no malformed lines to skip.
     """
     probs = np.load(str(raw) + ".probs.npy")
     options = store.meta["options"]
-    ratios = np.asarray(options["split"], dtype=np.float64)
-    draws = np.random.default_rng(options["seed"]).random(len(probs))
-    split = np.searchsorted(np.cumsum(ratios)[:-1] / ratios.sum(), draws, side="right")
+    rng = np.random.default_rng(options["seed"])
+    split = split_assignment(rng, len(probs), np.asarray(options["split"], dtype=np.float64))
     test_probs = probs[split == SPLITS.index("test")]
     labels = store.read_split("test")["label"]
     return auc(labels, test_probs), logloss(labels, test_probs)

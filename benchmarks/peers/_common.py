@@ -89,6 +89,16 @@ class StepClock:
         return sum(self.rows[1:]) / seconds if seconds > 0 else None
 
 
+def seed_torch(spec: dict[str, Any]) -> None:
+    """Threads and seeds of a torch peer (torch is imported here: the TF runner shares this module)."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    torch.set_num_interop_threads(1)
+    torch.manual_seed(spec["seed"])
+    np.random.seed(spec["seed"])
+
+
 def set_thread_env(threads: int) -> None:
     """Pin the math libraries to ``threads`` threads (must run before torch/TF are imported)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):

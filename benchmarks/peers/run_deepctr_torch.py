@@ -18,10 +18,7 @@ import torch  # noqa: E402
 from deepctr_torch.inputs import SparseFeat  # noqa: E402
 from deepctr_torch.models import DCN, AutoInt, DeepFM, xDeepFM  # noqa: E402
 
-torch.set_num_threads(spec["threads"])
-torch.set_num_interop_threads(1)
-torch.manual_seed(spec["seed"])
-np.random.seed(spec["seed"])
+_common.seed_torch(spec)
 
 rows = _common.load_rows(spec)
 names = rows["field_names"]

@@ -26,10 +26,7 @@ from torch_rechub.basic.features import SparseFeature  # noqa: E402
 from torch_rechub.models.ranking import DCN, DeepFM  # noqa: E402
 from torch_rechub.trainers import CTRTrainer  # noqa: E402
 
-torch.set_num_threads(spec["threads"])
-torch.set_num_interop_threads(1)
-torch.manual_seed(spec["seed"])
-np.random.seed(spec["seed"])
+_common.seed_torch(spec)
 
 rows = _common.load_rows(spec)
 names = rows["field_names"]

@@ -430,7 +430,7 @@ class PreprocessResult:
     sources: list[SourceStats]
 
 
-def _split_assignment(rng: np.random.Generator, num_lines: int, ratios: np.ndarray) -> np.ndarray:
+def split_assignment(rng: np.random.Generator, num_lines: int, ratios: np.ndarray) -> np.ndarray:
     """Split index (0 train, 1 valid, 2 test) of each line, from one uniform draw per line."""
     thresholds = np.cumsum(ratios)[:-1] / ratios.sum()
     return np.searchsorted(thresholds, rng.random(num_lines), side="right").astype(np.int8)
@@ -503,7 +503,7 @@ def _first_pass(jobs, labeled, options, spill, counter, bad_rows, progress) -> l
             blocks = prefetched(((block, parser.parse(block)) for block in read_blocks(path, options.block_bytes)), depth=1)
             for block, parsed in blocks:
                 if role == "raw":
-                    split = _split_assignment(rng, block.num_lines, ratios)[parsed.line_index]
+                    split = split_assignment(rng, block.num_lines, ratios)[parsed.line_index]
                     counter.update(parsed.tokens.filter(pl.Series(split == 0)))
                 else:
                     split = np.full(parsed.rows, SPLITS.index(role), dtype=np.int8)
