@@ -47,6 +47,17 @@ MODEL_HPARAMS = (
     "attention_factor",
 )
 
+# The ranges below are the models' own (``ctrkit/pytorch/layers/_checks.py`` and the constructors);
+# tests/test_config.py builds every model at each bound, so the two cannot drift apart silently.
+#: Counts and sizes: each must be > 0 (``check_int``'s minimum). DCN without cross layers or
+#: AutoInt without attention layers would not be the model the user asked for.
+POSITIVE_INT_HPARAMS = (
+    "embed_size", "cross_layers", "attention_layers", "num_heads", "attention_dim", "attention_factor",
+)
+#: Models that are nothing but their DNN: ``--hidden_units ""`` is refused for them (as ``DNN`` does).
+#: The other models accept no hidden layers (their deep term becomes one Linear).
+MODELS_NEEDING_HIDDEN_UNITS = ("dnn",)
+
 
 @dataclass
 class TrainConfig:
@@ -196,17 +207,28 @@ class TrainConfig:
         self.threads = _int("threads", self.threads, minimum=0)
 
     def _validate_model_hparams(self) -> None:
-        for name in ("embed_size", "attention_layers", "num_heads", "attention_dim", "attention_factor"):
-            setattr(self, name, _optional(_int, name, getattr(self, name), minimum=1))
-        self.cross_layers = _optional(_int, "cross_layers", self.cross_layers, minimum=0)
-        self.dropout = _optional(_dropout, "dropout", self.dropout)
-        self.batch_norm = _optional(_bool, "batch_norm", self.batch_norm)
-        self.hidden_units = _optional(_units, "hidden_units", self.hidden_units)
-        self.cin_layer_units = _optional(_units, "cin_layer_units", self.cin_layer_units)
         self.model_args = _model_args(self.model_args)
         clash = sorted(set(self.model_args) & set(MODEL_HPARAMS))
         if clash:
             raise ConfigError(f"--model_args: {', '.join(clash)} has its own flag; use --{clash[0]}")
+        for name in POSITIVE_INT_HPARAMS:
+            setattr(self, name, _optional(_positive_int, name, getattr(self, name)))
+        self.dropout = _optional(_dropout, "dropout", self.dropout)
+        self.batch_norm = _optional(_bool, "batch_norm", self.batch_norm)
+        raw = self.hidden_units
+        self.hidden_units = _optional(_units, "hidden_units", raw)
+        if self.hidden_units == [] and self.model in MODELS_NEEDING_HIDDEN_UNITS:
+            raise ConfigError(f"--hidden_units must list at least one layer size for --model {self.model}, got {raw!r}")
+        raw = self.cin_layer_units
+        self.cin_layer_units = _optional(_units, "cin_layer_units", raw, allow_empty=False)
+        # CIN's split_half (xDeepFM's default, off with --model_args split_half=false) halves every
+        # layer but the last between the next layer and the output.
+        if self.cin_layer_units and self.model_args.get("split_half", True) is not False:
+            if any(units % 2 for units in self.cin_layer_units[:-1]):
+                raise ConfigError(
+                    "--cin_layer_units must be even except the last (split_half is on; "
+                    f"--model_args split_half=false allows odd sizes), got {_show(raw)}"
+                )
 
     def _validate_devices(self) -> None:
         self.gpu_ids = _gpu_ids(self.gpu_ids)
@@ -278,6 +300,13 @@ def _int(name: str, value: Any, minimum: int | None = None) -> int:
     return number
 
 
+def _positive_int(name: str, value: Any) -> int:
+    number = _int(name, value)
+    if number <= 0:
+        raise ConfigError(f"--{name} must be > 0, got {_show(value)}")
+    return number
+
+
 def _float(name: str, value: Any, positive: bool = False) -> float:
     number: float | None = None
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
@@ -326,7 +355,7 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return by_key[key]
 
 
-def _units(name: str, value: Any) -> list[int]:
+def _units(name: str, value: Any, allow_empty: bool = True) -> list[int]:
     """``"400,400,400"``, ``[400, 400]`` or ``""``/``[]`` (no layers) -> list of positive ints."""
     example = f"--{name} must be comma-separated positive integers such as 400,400,400"
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
@@ -347,6 +376,8 @@ def _units(name: str, value: Any) -> list[int]:
         if int(item) < 1:
             raise ConfigError(f"{example}, got {value!r}")
         units.append(int(item))
+    if not units and not allow_empty:
+        raise ConfigError(f"--{name} must list at least one layer size, got {value!r}")
     return units
 
 
@@ -434,11 +465,11 @@ _HELP: dict[str, str] = {
     "lr": "learning rate",
     "embed_size": "embedding size",
     "model_save_dir": "directory for checkpoints, metrics.json and TensorBoard logs",
-    "hidden_units": "DNN layer sizes, e.g. 400,400,400 (empty string: none)",
+    "hidden_units": "DNN layer sizes, e.g. 400,400,400 (empty string: none, except for dnn)",
     "dropout": "DNN dropout rate in [0, 1)",
     "batch_norm": "batch normalisation in the DNN",
-    "cross_layers": "DCN: number of cross layers",
-    "cin_layer_units": "xDeepFM: CIN layer sizes, e.g. 16,16,16",
+    "cross_layers": "DCN: number of cross layers (> 0)",
+    "cin_layer_units": "xDeepFM: CIN layer sizes, e.g. 16,16,16 (even but the last, unless split_half=false)",
     "attention_layers": "AutoInt: number of self-attention layers",
     "num_heads": "AutoInt: attention heads",
     "attention_dim": "AutoInt: attention size per head",

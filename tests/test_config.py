@@ -6,8 +6,9 @@ import argparse
 
 import pytest
 
-from ctrkit.config import TrainConfig, add_train_arguments
+from ctrkit.config import MODEL_HPARAMS, TrainConfig, add_train_arguments
 from ctrkit.errors import ConfigError
+from ctrkit.registry import MODELS
 
 BASE = ["--model", "deepfm", "--data", "store.lmdb"]
 
@@ -107,7 +108,7 @@ BAD_FLAGS = [
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--epochs", "2.5"], "--epochs must be an integer"),
     (["--batch_size", "0"], "--batch_size must be >= 1"),
-    (["--embed_size", "0"], "--embed_size must be >= 1"),
+    (["--embed_size", "0"], "--embed_size must be > 0, got 0"),
     (["--weight_decay=-1e-5"], "--weight_decay must be >= 0"),
     (["--embedding_l2", "-1"], "--embedding_l2 must be >= 0"),
     (["--patience", "-1"], "--patience must be >= 0"),
@@ -119,11 +120,15 @@ BAD_FLAGS = [
     (["--log_every", "0"], "--log_every must be >= 1"),
     (["--cpu_processes", "-2"], "--cpu_processes must be >= 0"),
     (["--threads", "-1"], "--threads must be >= 0"),
-    (["--cross_layers", "-1"], "--cross_layers must be >= 0"),
-    (["--num_heads", "0"], "--num_heads must be >= 1"),
-    (["--attention_dim", "0"], "--attention_dim must be >= 1"),
-    (["--attention_layers", "0"], "--attention_layers must be >= 1"),
-    (["--attention_factor", "0"], "--attention_factor must be >= 1"),
+    (["--cross_layers", "0"], "--cross_layers must be > 0, got 0"),
+    (["--cross_layers", "-1"], "--cross_layers must be > 0, got -1"),
+    (["--num_heads", "0"], "--num_heads must be > 0, got 0"),
+    (["--attention_dim", "0"], "--attention_dim must be > 0, got 0"),
+    (["--attention_layers", "0"], "--attention_layers must be > 0, got 0"),
+    (["--attention_factor", "0"], "--attention_factor must be > 0, got 0"),
+    (["--model", "dnn", "--hidden_units", ""], "--hidden_units must list at least one layer size for --model dnn"),
+    (["--cin_layer_units", ""], "--cin_layer_units must list at least one layer size"),
+    (["--cin_layer_units", "3,2"], "--cin_layer_units must be even except the last .*split_half.*, got 3,2"),
     (["--lr_factor", "1.5"], r"--lr_factor must be in \(0, 1\)"),
     (["--gpu_ids", "a,b"], "--gpu_ids must be comma-separated GPU numbers"),
     (["--gpu_ids", "1,1"], "--gpu_ids lists a GPU twice"),
@@ -168,3 +173,87 @@ def test_to_dict_from_dict_round_trip():
 def test_python_construction_coerces():
     cfg = TrainConfig(model="autoint+", data="s", hidden_units="32,16", lr="0.5", gpu_ids=None).validate()
     assert cfg.model == "autoint+" and cfg.hidden_units == [32, 16] and cfg.lr == 0.5 and cfg.gpu_ids == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The config's ranges are the models': the last value it accepts builds every model, the first
+# value it refuses is refused by every model that takes the parameter.
+# ---------------------------------------------------------------------------------------------
+ALL = tuple(sorted(MODELS))
+NOT_DNN = tuple(name for name in ALL if name != "dnn")
+
+#: (flag, models, boundary value the config accepts, first value it refuses, the config's message)
+BOUNDS = [
+    ("embed_size", ALL, 1, 0, "--embed_size must be > 0, got 0"),
+    ("cross_layers", ALL, 1, 0, "--cross_layers must be > 0, got 0"),
+    ("attention_layers", ALL, 1, 0, "--attention_layers must be > 0, got 0"),
+    ("num_heads", ALL, 1, 0, "--num_heads must be > 0, got 0"),
+    ("attention_dim", ALL, 1, 0, "--attention_dim must be > 0, got 0"),
+    ("attention_factor", ALL, 1, 0, "--attention_factor must be > 0, got 0"),
+    ("dropout", ALL, 0.0, -0.01, r"--dropout must be in \[0, 1\), got -0.01"),
+    ("dropout", ALL, 0.99, 1.0, r"--dropout must be in \[0, 1\), got 1.0"),
+    ("batch_norm", ALL, True, "maybe", "--batch_norm must be true or false, got 'maybe'"),
+    ("hidden_units", NOT_DNN, [], [0], "--hidden_units must be comma-separated positive integers"),
+    ("hidden_units", ("dnn",), [1], [], r"--hidden_units must list at least one layer size for --model dnn, got \[\]"),
+    ("cin_layer_units", ALL, [1], [], r"--cin_layer_units must list at least one layer size, got \[\]"),
+    ("cin_layer_units", ALL, [2, 1], [1, 1], r"--cin_layer_units must be even except the last .*, got \[1, 1\]"),
+]
+BOUND_IDS = [f"{flag}={accepted!r}|{rejected!r}-{'dnn' if models == ('dnn',) else 'all'}"
+             for flag, models, accepted, rejected, _ in BOUNDS]
+
+
+def tiny_schema():
+    from ctrkit.schema import Field, Schema
+
+    return Schema((Field("C1", "sparse", vocab_size=5), Field("C2", "sparse", vocab_size=7), Field("I1", "dense")))
+
+
+def test_bounds_cover_every_model_hparam():
+    assert {flag for flag, *_ in BOUNDS} == set(MODEL_HPARAMS)
+
+
+@pytest.mark.parametrize("flag, models, accepted, rejected, message", BOUNDS, ids=BOUND_IDS)
+def test_hparam_boundary_accepted_by_config_builds_the_model(flag, models, accepted, rejected, message):
+    from ctrkit.registry import build_torch_model
+
+    schema = tiny_schema()
+    for name in models:
+        cfg = TrainConfig(model=name, data="s", **{flag: accepted}).validate()
+        try:
+            build_torch_model(name, schema, cfg.hparams())
+        except ConfigError as exc:
+            pytest.fail(f"the config accepts --{flag} {accepted!r} but model {name} refuses it: {exc}")
+
+
+@pytest.mark.parametrize("flag, models, accepted, rejected, message", BOUNDS, ids=BOUND_IDS)
+def test_hparam_first_rejected_value_is_refused_by_config_and_model(flag, models, accepted, rejected, message):
+    from ctrkit.registry import build_torch_model
+
+    schema = tiny_schema()
+    for name in models:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(model=name, data="s", **{flag: rejected}).validate()
+        # ... and the config is not stricter than the model: a model that takes it refuses it too.
+        try:
+            _, ignored = build_torch_model(name, schema, {flag: rejected})
+        except ConfigError:
+            continue
+        assert flag in ignored, f"model {name} builds with {flag}={rejected!r}, which the config refuses"
+
+
+def test_odd_cin_layer_units_with_split_half_off():
+    from ctrkit.registry import build_torch_model
+
+    cfg = parse("--model", "xdeepfm", "--data", "s", "--cin_layer_units", "3,5", "--model_args", "split_half=false")
+    assert cfg.cin_layer_units == [3, 5]
+    model, ignored = build_torch_model("xdeepfm", tiny_schema(), cfg.hparams())
+    assert ignored == [] and model.cin.layer_units == (3, 5)
+
+
+def test_empty_hidden_units_builds_models_with_a_deep_term():
+    from ctrkit.registry import build_torch_model
+
+    for name in ("deepfm", "dcn", "xdeepfm", "autoint+"):
+        cfg = parse("--model", name, "--data", "s", "--hidden_units", "")
+        model, _ = build_torch_model(name, tiny_schema(), cfg.hparams())
+        assert model.dnn.hidden_units == ()

@@ -28,7 +28,8 @@ class XDeepFM(CTRModel):
     Args:
         schema: the input schema.
         embed_size: embedding width.
-        cin_layer_units: feature maps per CIN layer.
+        cin_layer_units: feature maps per CIN layer (at least one layer; with ``split_half``, even
+            but the last).
         split_half: send half of each CIN layer's maps (but the last) to the output.
         cin_activation: activation of the CIN feature maps (paper: identity).
         hidden_units: DNN hidden sizes.
