@@ -78,6 +78,7 @@ from ctrkit.errors import ConfigError, InputError, StoreError
 from ctrkit.metrics import binary_metrics
 from ctrkit.pytorch.layers import Bias, EmbeddingTable
 from ctrkit.pytorch.loader import make_loader, to_tensors
+from ctrkit.runtime import keep_freed_memory
 from ctrkit.schema import Schema
 
 CHECKPOINT_FORMAT = "ctrkit-torch-checkpoint"
@@ -512,7 +513,8 @@ class Trainer:
             if env is not None:  # evaluate/predict after fit run in this process alone
                 self.ctx = ProcessContext(device=self.ctx.device)
 
-    def _setup_threads(self) -> None:
+    def _setup_process(self) -> None:
+        keep_freed_memory()
         threads = self.config.threads
         if not threads and self.ctx.distributed and self.ctx.device.type == "cpu":
             local = int(os.environ.get("LOCAL_WORLD_SIZE", self.ctx.world_size))
@@ -542,7 +544,7 @@ class Trainer:
     # -- the training run ------------------------------------------------------------------------
     def _train(self, store: Store) -> dict[str, Any]:
         cfg, ctx = self.config, self.ctx
-        self._setup_threads()
+        self._setup_process()
         set_seed(cfg.seed)
         if ctx.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
