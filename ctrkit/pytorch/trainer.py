@@ -41,7 +41,8 @@ MT19937 keys as an int64 tensor plus position/gauss, python's state as a list) a
 stop reason, history, the epoch's running loss sum and rows, world size).
 
 Determinism: ``--seed`` seeds python, numpy and torch; on CPU the trainer also switches on
-``torch.use_deterministic_algorithms(True, warn_only=True)`` (process-wide). Two CPU runs with the
+``torch.use_deterministic_algorithms(True, warn_only=True)`` (process-wide, without its NaN-filling of
+new tensors). Two CPU runs with the
 same seed and thread count give identical metrics, and a resumed run reproduces the uninterrupted
 one exactly: data order is a function of ``(seed, epoch)``, the loader uses its own generator, and
 the RNG states are restored at the step where ``last.pt`` was written. Under DDP every rank holds
@@ -548,6 +549,9 @@ class Trainer:
         set_seed(cfg.seed)
         if ctx.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
+            # deterministic mode also NaN-fills every new tensor (a debugging aid for reads of
+            # uninitialised memory): a few % of a bf16 step; every kernel here writes its output
+            torch.utils.deterministic.fill_uninitialized_memory = False
         self._check_schema(store)
         for split in ("train", "valid"):
             store.split(split)
