@@ -31,6 +31,9 @@ OPTIMIZERS = ("Adam", "AdamW", "Adagrad", "SGD")
 LOSSES = ("BCE",)
 FRAMEWORKS = ("torch", "tf")
 PRECISIONS = ("fp32", "bf16")
+#: initialisation of nn.Linear / nn.Conv1d weights: the models' own Xavier normal (FuxiCTR/BARS),
+#: or PyTorch's default (Kaiming uniform, a=sqrt(5); what torch-rechub and DeepCTR-Torch's MLPs get)
+INITS = ("xavier_normal", "torch_default")
 _FRAMEWORK_ALIASES = {"pytorch": "torch", "tensorflow": "tf"}
 
 #: Fields passed through to the model (``None`` = the model's default).
@@ -85,7 +88,8 @@ class TrainConfig:
     attention_dim: int | None = None
     attention_factor: int | None = None
     model_args: dict = field(default_factory=dict)
-    # regularisation and schedule
+    # initialisation, regularisation and schedule
+    init: str = "xavier_normal"
     weight_decay: float = 0.0
     embedding_l2: float = 0.0
     patience: int = 2
@@ -187,6 +191,7 @@ class TrainConfig:
         self.optimizer = _choice("optimizer", self.optimizer, OPTIMIZERS)
         self.loss = _choice("loss", self.loss, LOSSES)
         self.lr = _float("lr", self.lr, positive=True)
+        self.init = _choice("init", self.init, INITS)
         self.weight_decay = _float("weight_decay", self.weight_decay)
         self.embedding_l2 = _float("embedding_l2", self.embedding_l2)
         self.patience = _int("patience", self.patience, minimum=0)
@@ -475,6 +480,8 @@ _HELP: dict[str, str] = {
     "attention_dim": "AutoInt: attention size per head",
     "attention_factor": "AFM: attention network size",
     "model_args": "other model hyper-parameters as key=value,key=value",
+    "init": "weights of Linear/Conv1d layers: xavier_normal (the models' own, as in FuxiCTR/BARS) or "
+            "torch_default (PyTorch's Kaiming uniform, as in torch-rechub)",
     "weight_decay": "L2 on weights (not on biases, norms or embeddings); decoupled for AdamW",
     "embedding_l2": "L2 on the embedding rows each batch looks up",
     "patience": "stop after this many epochs without a better validation AUC",
@@ -495,7 +502,8 @@ _HELP: dict[str, str] = {
 _BOOLEAN_FLAGS = ("batch_norm", "resume")
 _METAVARS = {
     "framework": "{torch,tf}", "optimizer": "{Adam,AdamW,Adagrad,SGD}", "loss": "{BCE}",
-    "precision": "{fp32,bf16}", "data": "STORE", "model_save_dir": "DIR", "gpu_ids": "IDS",
+    "precision": "{fp32,bf16}", "init": "{xavier_normal,torch_default}", "data": "STORE", "model_save_dir": "DIR",
+    "gpu_ids": "IDS",
     "hidden_units": "N,N,...", "cin_layer_units": "N,N,...", "model_args": "KEY=VALUE,...",
 }
 _SHOWN_DEFAULTS = {"gpu_ids": "CPU", "model_args": "none", "model_save_dir": "checkpoints/<model>"}

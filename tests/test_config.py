@@ -105,6 +105,7 @@ BAD_FLAGS = [
     (["--framework", "jax"], "--framework must be one of torch, tf"),
     (["--framework", "tf"], "TensorFlow training is not available yet"),
     (["--precision", "fp16"], "--precision must be one of fp32, bf16"),
+    (["--init", "he"], "--init must be one of xavier_normal, torch_default"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--epochs", "2.5"], "--epochs must be an integer"),
     (["--batch_size", "0"], "--batch_size must be >= 1"),

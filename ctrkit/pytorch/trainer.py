@@ -134,6 +134,26 @@ def _group_of(module: nn.Module, param_name: str) -> str:
     return "decay"
 
 
+def initialise_weights(model: nn.Module, scheme: str) -> None:
+    """Apply an initialisation ``scheme`` (``TrainConfig.init``) to the model's Linear/Conv1d layers.
+
+    ``xavier_normal`` keeps what the models built (Xavier normal weights, zero biases: FuxiCTR's
+    and the BARS benchmark's recipe). ``torch_default`` re-draws every ``nn.Linear``/``nn.Conv1d``
+    with PyTorch's own default (Kaiming uniform with ``a = sqrt(5)``, uniform biases), the
+    initialisation torch-rechub and DeepCTR-Torch give their MLPs; embeddings and the models' other
+    parameters keep theirs. Uses the global torch RNG (seeded by the trainer).
+    """
+    if scheme == "xavier_normal":
+        return
+    if scheme != "torch_default":
+        raise ConfigError(f"unknown initialisation {scheme!r}")
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.Linear.reset_parameters(module)  # torch's own, even for a subclass with its own reset
+        elif isinstance(module, nn.Conv1d):
+            nn.Conv1d.reset_parameters(module)
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The configured optimiser over :func:`parameter_groups` (fused kernels where available)."""
     cls = _OPTIMIZERS[config.optimizer]
@@ -555,6 +575,7 @@ class Trainer:
         self._check_schema(store)
         for split in ("train", "valid"):
             store.split(split)
+        initialise_weights(self.model, cfg.init)  # before a resume restores the saved weights
         model = self.model.to(ctx.device)
         self._install_hooks()
         self.optimizer = build_optimizer(model, cfg)

@@ -23,6 +23,7 @@ from ctrkit.pytorch.loader import to_tensors  # noqa: E402
 from ctrkit.pytorch.trainer import (  # noqa: E402
     Trainer,
     build_optimizer,
+    initialise_weights,
     load_checkpoint,
     parameter_groups,
     save_checkpoint,
@@ -98,6 +99,44 @@ def test_dcn_cross_weights_are_decayed():
     cross_params = list(cross[0].parameters())
     decayed = [p for p in cross_params if id(p) in groups["decay"]]
     assert decayed and all(id(p) in groups["no_decay"] for p in cross_params if id(p) not in groups["decay"])
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisation
+# ---------------------------------------------------------------------------------------------
+def test_torch_default_init_redraws_only_linear_and_conv_layers():
+    torch.manual_seed(0)
+    model, _ = build_torch_model("xdeepfm", planted_schema(), {"embed_size": 8, "hidden_units": [256, 256],
+                                                              "cin_layer_units": [16, 16]})
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    initialise_weights(model, "xavier_normal")
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # the models' own init
+
+    initialise_weights(model, "torch_default")
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))]
+    assert any(isinstance(m, nn.Conv1d) for _, m in layers)  # CIN's filters are covered too
+    redrawn = {f"{n}.{k}" for n, m in layers for k, _ in m.named_parameters()}
+    for name, param in model.named_parameters():
+        assert torch.equal(before[name], param) != (name in redrawn), name
+    for _, module in layers:
+        fan_in = module.weight[0].numel()
+        bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert module.weight.abs().max() <= bound
+        if module.weight.numel() >= 10_000:  # uniform, not Xavier normal: std = bound / sqrt(3)
+            assert module.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+        if module.bias is not None:
+            assert module.bias.abs().max() <= bound and module.bias.abs().max() > 0
+
+
+def test_fit_applies_the_configured_init(store, tmp_path):
+    default = train_from_config(config(store, tmp_path / "xavier", epochs=1, max_steps=3))
+    torch_init = train_from_config(config(store, tmp_path / "torch", epochs=1, max_steps=3, init="torch_default"))
+    assert torch_init["config"]["init"] == "torch_default"
+    state_x = torch.load(tmp_path / "xavier" / "last.pt", weights_only=True)["model"]
+    state_t = torch.load(tmp_path / "torch" / "last.pt", weights_only=True)["model"]
+    dnn_weights = [k for k in state_x if k.startswith("dnn.") and k.endswith("weight")]
+    assert dnn_weights and all(not torch.equal(state_x[k], state_t[k]) for k in dnn_weights)
+    assert default["config"]["init"] == "xavier_normal"
 
 
 # ---------------------------------------------------------------------------------------------
