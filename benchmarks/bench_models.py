@@ -12,7 +12,10 @@ AUC and logloss of every contender are computed here, by one function, from the 
   ``--precision bf16``, i.e. ``torch.autocast`` on CPU); rows/s is the trainer's own rate of the
   training loop (batches read from the store, forward, backward, Adam).
 * ``ours-fp32-bn`` (only when asked for with ``--contenders``): ours fp32 with ``BatchNorm1d`` in
-  the DNN, the layout torch-rechub's MLP always has (it explains torch-rechub's higher AUC).
+  the DNN, the layout torch-rechub's MLP always has.
+* ``ours-fp32-rechub`` (only when asked for): torch-rechub's whole recipe -- ``BatchNorm1d`` in the
+  DNN and ``--init torch_default`` (PyTorch's default initialisation of the Linear layers instead of
+  our Xavier normal); together they explain torch-rechub's higher one-epoch AUC.
 * peers: the store's train split is dumped to ``.npy`` in the trainer's epoch-0 order and each peer
   gets the same rows and the same vocabulary sizes (see ``benchmarks/peers/run_*.py`` for how each
   library is driven; torch-rechub gets whole-batch loading, its best case).
@@ -66,12 +69,13 @@ DEFAULT_PEERS_PYTHON = BENCH_DIR / ".peers-venv" / "bin" / "python"
 MODELS = ("deepfm", "dcn", "xdeepfm", "autoint+")
 CONTENDERS = ("ours-fp32", "ours-bf16", "deepctr-torch", "torch-rechub", "deepctr-tf")
 #: not run by default: ours with BatchNorm1d in the DNN, the layout torch-rechub always uses
-EXTRA_CONTENDERS = ("ours-fp32-bn",)
+EXTRA_CONTENDERS = ("ours-fp32-bn", "ours-fp32-rechub")
 PEERS = ("deepctr-torch", "torch-rechub", "deepctr-tf")
 RUNNERS = {
     "ours-fp32": "run_ours.py",
     "ours-bf16": "run_ours.py",
     "ours-fp32-bn": "run_ours.py",
+    "ours-fp32-rechub": "run_ours.py",
     "deepctr-torch": "run_deepctr_torch.py",
     "torch-rechub": "run_rechub.py",
     "deepctr-tf": "run_deepctr_tf.py",
@@ -163,7 +167,9 @@ def run_contender(args: argparse.Namespace, contender: str, model: str, train_ro
         "threads": args.threads,
         "seed": args.train_seed,
         "precision": "bf16" if contender == "ours-bf16" else "fp32",
-        "hparams": {**COMMON_HPARAMS, **MODEL_HPARAMS[model], **({"batch_norm": True} if contender.endswith("-bn") else {})},
+        "hparams": {**COMMON_HPARAMS, **MODEL_HPARAMS[model],
+                    **({"batch_norm": True} if contender.endswith(("-bn", "-rechub")) else {})},
+        "init": "torch_default" if contender.endswith("-rechub") else "xavier_normal",
         "predictions": str(scratch / f"pred-{tag}.npy"),
         "tf_warmup": not args.no_tf_warmup,
     }
@@ -299,7 +305,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
-                        help=f"comma-separated, of {', '.join(CONTENDERS + EXTRA_CONTENDERS)} (default: all but the last)")
+                        help=f"comma-separated, of {', '.join(CONTENDERS + EXTRA_CONTENDERS)} "
+                             f"(default: all but {', '.join(EXTRA_CONTENDERS)})")
     parser.add_argument("--rows", type=int, default=500_000, help="synthetic rows before the 8:1:1 split (default 500,000)")
     parser.add_argument("--row-caps", default=None,
                         help="MODEL=N,...: train on the first N train rows only, for every contender of MODEL "

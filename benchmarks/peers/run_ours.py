@@ -38,7 +38,8 @@ with tempfile.TemporaryDirectory(prefix="ctrkit-bench-") as save_dir:
     config = TrainConfig(
         model=spec["model"], data=spec["store"], epochs=1, batch_size=spec["batch_size"], optimizer="Adam",
         lr=spec["lr"], model_save_dir=save_dir, seed=spec["seed"], precision=spec["precision"],
-        threads=spec["threads"], num_workers=0, max_steps=max_steps, log_every=10**9, patience=1,
+        threads=spec["threads"], num_workers=0, init=spec.get("init", "xavier_normal"), max_steps=max_steps,
+        log_every=10**9, patience=1,
         **{k: v for k, v in hp.items() if k in MODEL_HPARAMS},
         model_args={k: v for k, v in hp.items() if k not in MODEL_HPARAMS},
     ).validate()
