@@ -301,10 +301,10 @@ class _SelfAttention(torch.autograd.Function):
     Half the FLOPs of these products are zeros, but with ``d = 8`` and ``F = 39`` one ``39 x 16
     x 78`` GEMM per row runs ~2x faster than two ``39 x 8 x 39`` ones, and ``Q``, ``O`` and ``dQ``
     stay in the projection's ``[F, H*d]`` layout (no head-major copies). The attention matrices are
-    kept for the backward in chunk-sized pieces (no 50 MB+ allocation per step, which glibc would
-    serve with fresh pages every time); the chunk's projection is recomputed. Under bf16 autocast
-    the products run in bf16 and the softmax and its backward in fp32; ``W``'s gradient is
-    accumulated in fp32.
+    kept for the backward in chunk-sized pieces; the chunk's projection is recomputed. Under bf16
+    autocast everything is stored in bf16 (the softmax and its backward compute in fp32 inside the
+    kernel, so no conversion passes; the attention matrix feeds a bf16 product anyway); ``W``'s
+    gradient is accumulated in fp32.
     """
 
     @staticmethod
@@ -313,7 +313,6 @@ class _SelfAttention(torch.autograd.Function):
         width = heads * head_dim
         parts = weight.shape[0] // width  # 3 or 4
         cdt = compute_dtype(x)
-        sdt = _grad_dtype(cdt)
         attn_chunks = []
         with torch.autocast(x.device.type, enabled=False), torch.no_grad():
             w = weight.detach().to(cdt)
@@ -327,10 +326,10 @@ class _SelfAttention(torch.autograd.Function):
                 scores = torch.bmm(y[:, :, 0], k_bd[:n])  # (n, F, H*F)
                 if scale != 1.0:
                     scores.mul_(scale)
-                attn = torch.softmax(scores.view(n, fields, heads, fields), -1, dtype=sdt)  # kept
+                attn = torch.softmax(scores.view(n, fields, heads, fields), -1)  # kept (n, F, H, F)
                 attn_chunks.append(attn)
                 o = out[start:stop]
-                torch.bmm(attn.view(n, fields, heads * fields).to(cdt), v_bd[:n], out=o)  # (n, F, H*d)
+                torch.bmm(attn.view(n, fields, heads * fields), v_bd[:n], out=o)  # (n, F, H*d)
                 if residual:
                     o.add_(y[:, :, 3])
                 o.relu_()
@@ -342,7 +341,6 @@ class _SelfAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, out, *attn_chunks = ctx.saved_tensors
         heads, head_dim, scale, residual, chunk_rows, cdt = ctx.meta
-        sdt = _grad_dtype(cdt)
         batch, fields, width_in = x.shape
         width = heads * head_dim
         parts = weight.shape[0] // width
@@ -358,12 +356,12 @@ class _SelfAttention(torch.autograd.Function):
                 _fill_blocks(k_bd[:n], v_bd[:n], y, heads, head_dim)
                 g = (grad_out[start:stop] * (out[start:stop] > 0)).to(cdt)  # through the ReLU
                 attn = attn_chunks[index]  # (n, F, H, F)
-                attn_c = attn.view(n, fields, heads * fields).to(cdt)
+                attn_c = attn.view(n, fields, heads * fields)
                 d_attn = torch.bmm(g, v_bd[:n].transpose(1, 2))  # (n, F, H*F)
-                d_scores = torch._softmax_backward_data(d_attn.view(attn.shape).to(sdt), attn, -1, sdt)
+                d_scores = torch._softmax_backward_data(d_attn.view(attn.shape), attn, -1, cdt)
                 if scale != 1.0:
                     d_scores.mul_(scale)
-                d_scores = d_scores.view(n, fields, heads * fields).to(cdt)
+                d_scores = d_scores.view(n, fields, heads * fields)
                 dy = torch.empty(n, fields, parts, width, dtype=cdt, device=x.device)
                 dy[:, :, 0].copy_(torch.bmm(d_scores, k_bd[:n].transpose(1, 2)))  # dQ (n, F, H*d)
                 d_kbd = torch.bmm(y[:, :, 0].transpose(1, 2), d_scores)  # (n, H*d, H*F)
