@@ -139,6 +139,21 @@ def test_fit_applies_the_configured_init(store, tmp_path):
     assert default["config"]["init"] == "xavier_normal"
 
 
+@pytest.mark.parametrize("load, expect_note", [(0.3, False), (1.2, True), (3.0, True)])
+def test_busy_machine_note(store, tmp_path, monkeypatch, capsys, load, expect_note):
+    trainer = Trainer(build_torch_model("lr", store.schema, {})[0], config(store, tmp_path, model="lr", threads=0))
+    monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        trainer._note_busy_cores()
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert ("--threads 1 may train faster" in out) == expect_note, out
+
+
 # ---------------------------------------------------------------------------------------------
 # embedding regulariser
 # ---------------------------------------------------------------------------------------------
