@@ -134,6 +134,30 @@ def _group_of(module: nn.Module, param_name: str) -> str:
     return "decay"
 
 
+def busy_cores_now(window: float = 0.25) -> float | None:
+    """Cores kept busy by all processes over the next ``window`` seconds (``/proc/stat``; Linux).
+
+    Called while this process sleeps, so it measures the others -- unlike the load average, which
+    also remembers this process's own work of the last minute. None where ``/proc/stat`` is missing.
+    """
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", "rb") as stat:
+            values = [int(v) for v in stat.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(values), values[3] + values[4]
+
+    try:
+        total_0, idle_0 = sample()
+        time.sleep(window)
+        total_1, idle_1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total_1 - total_0
+    if elapsed <= 0:
+        return None
+    return (1.0 - (idle_1 - idle_0) / elapsed) * (os.cpu_count() or 1)
+
+
 def initialise_weights(model: nn.Module, scheme: str) -> None:
     """Apply an initialisation ``scheme`` (``TrainConfig.init``) to the model's Linear/Conv1d layers.
 
@@ -546,22 +570,21 @@ class Trainer:
             self._note_busy_cores()
 
     def _note_busy_cores(self) -> None:
-        """Say so when other processes already keep the cores busy and ``--threads`` was left to torch.
+        """Say so when other processes keep cores busy and ``--threads`` was left to torch.
 
         torch's intra-op threads meet at a barrier after every parallel operation; when one of them
         shares its core with another busy process, every operation waits for a scheduler slice
         (measured here: a DeepFM step 85 -> 170-230 ms, an AutoInt+ step 0.27 -> 0.9-3.5 s next to
         one busy process on 2 cores, where ``--threads 1`` keeps the single-thread speed).
         """
-        try:
-            load = os.getloadavg()[0]
-        except OSError:
+        busy = busy_cores_now()
+        if busy is None:
             return
         threads = torch.get_num_threads()
         cores = os.cpu_count() or 1
-        if threads > 1 and load >= cores - threads + 1:  # fewer idle cores than threads
-            free = max(1, int(cores - load))
-            self._log(f"note: the machine is busy (load {load:.1f} on {cores} cores) and torch uses {threads} "
+        if threads > 1 and busy >= cores - threads + 0.75:  # fewer idle cores than threads
+            free = max(1, int(cores - busy + 0.25))
+            self._log(f"note: other processes keep {busy:.1f} of {cores} cores busy and torch uses {threads} "
                       f"threads; when cores are shared its threads wait on each other -- --threads {free} "
                       f"may train faster")
 
