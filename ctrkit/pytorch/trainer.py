@@ -573,9 +573,9 @@ class Trainer:
         """Say so when other processes keep cores busy and ``--threads`` was left to torch.
 
         torch's intra-op threads meet at a barrier after every parallel operation; when one of them
-        shares its core with another busy process, every operation waits for a scheduler slice
-        (measured here: a DeepFM step 85 -> 170-230 ms, an AutoInt+ step 0.27 -> 0.9-3.5 s next to
-        one busy process on 2 cores, where ``--threads 1`` keeps the single-thread speed).
+        shares its core with another busy process, every operation waits for a scheduler slice.
+        ``benchmarks/bench_contention.py``, 2 cores, one busy neighbour: DeepFM runs at 0.37x and
+        AutoInt+ at 0.31x of their idle speed with 2 threads, at 0.56x and 0.57x with ``--threads 1``.
         """
         busy = busy_cores_now()
         if busy is None:
