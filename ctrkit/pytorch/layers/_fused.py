@@ -329,9 +329,11 @@ class _SelfAttention(torch.autograd.Function):
                 attn = torch.softmax(scores.view(n, fields, heads, fields), -1)  # kept (n, F, H, F)
                 attn_chunks.append(attn)
                 o = out[start:stop]
-                torch.bmm(attn.view(n, fields, heads * fields), v_bd[:n], out=o)  # (n, F, H*d)
-                if residual:
-                    o.add_(y[:, :, 3])
+                if residual:  # the GEMM accumulates onto the residual (a strided add_ is ~9x a copy)
+                    o.copy_(y[:, :, 3])
+                    o.baddbmm_(attn.view(n, fields, heads * fields), v_bd[:n])  # (n, F, H*d)
+                else:
+                    torch.bmm(attn.view(n, fields, heads * fields), v_bd[:n], out=o)  # (n, F, H*d)
                 o.relu_()
         ctx.save_for_backward(x, weight, out, *attn_chunks)
         ctx.meta = (heads, head_dim, scale, residual, chunk_rows, cdt)
@@ -354,7 +356,7 @@ class _SelfAttention(torch.autograd.Function):
                 n = stop - start
                 y = _project(x[start:stop], w, parts, cdt)  # recomputed (n, F, P, H*d)
                 _fill_blocks(k_bd[:n], v_bd[:n], y, heads, head_dim)
-                g = (grad_out[start:stop] * (out[start:stop] > 0)).to(cdt)  # through the ReLU
+                g = torch.ops.aten.threshold_backward(grad_out[start:stop].to(cdt), out[start:stop], 0)  # ReLU
                 attn = attn_chunks[index]  # (n, F, H, F)
                 attn_c = attn.view(n, fields, heads * fields)
                 d_attn = torch.bmm(g, v_bd[:n].transpose(1, 2))  # (n, F, H*F)
