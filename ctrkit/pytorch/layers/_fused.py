@@ -396,25 +396,22 @@ def _block_buffers(rows, fields, heads, head_dim, dtype, device):
 def _fill_blocks(k_bd, v_bd, y, heads, head_dim):
     """``k_bd = blockdiag(K_h^T)``, ``v_bd = blockdiag(V_h)`` from ``y`` ``[n, F, P, H*d]``."""
     n, fields = y.shape[:2]
-    k = y[:, :, 1].view(n, fields, heads, head_dim)
-    v = y[:, :, 2].view(n, fields, heads, head_dim)
-    k_blocks = k_bd.view(n, heads, head_dim, heads, fields)
-    v_blocks = v_bd.view(n, heads, fields, heads, head_dim)
-    for h in range(heads):
-        k_blocks[:, h, :, h, :].copy_(k[:, :, h, :].transpose(1, 2))
-        v_blocks[:, h, :, h, :].copy_(v[:, :, h, :])
+    k = y[:, :, 1].view(n, fields, heads, head_dim)  # (n, F, H, d)
+    v = y[:, :, 2].view(n, fields, heads, head_dim)  # (n, F, H, d)
+    # the diagonal blocks of all heads as one strided view each: one copy per operand
+    k_diag = torch.diagonal(k_bd.view(n, heads, head_dim, heads, fields), dim1=1, dim2=3)  # (n, d, F, H)
+    v_diag = torch.diagonal(v_bd.view(n, heads, fields, heads, head_dim), dim1=1, dim2=3)  # (n, F, d, H)
+    k_diag.copy_(k.permute(0, 3, 1, 2))
+    v_diag.copy_(v.permute(0, 1, 3, 2))
 
 
 def _take_blocks(dy, d_kbd, d_vbd, heads, head_dim, fields):
     """Diagonal blocks of ``d_kbd`` (``dK_h^T``) and ``d_vbd`` (``dV_h``) into ``dy[:, :, 1|2]``."""
     n = dy.shape[0]
-    dk = dy[:, :, 1].view(n, fields, heads, head_dim)
-    dv = dy[:, :, 2].view(n, fields, heads, head_dim)
-    k_blocks = d_kbd.view(n, heads, head_dim, heads, fields)
-    v_blocks = d_vbd.view(n, heads, fields, heads, head_dim)
-    for h in range(heads):
-        dk[:, :, h, :].copy_(k_blocks[:, h, :, h, :].transpose(1, 2))
-        dv[:, :, h, :].copy_(v_blocks[:, h, :, h, :])
+    dk = dy[:, :, 1].view(n, fields, heads, head_dim)  # (n, F, H, d)
+    dv = dy[:, :, 2].view(n, fields, heads, head_dim)  # (n, F, H, d)
+    dk.copy_(torch.diagonal(d_kbd.view(n, heads, head_dim, heads, fields), dim1=1, dim2=3).permute(0, 2, 3, 1))
+    dv.copy_(torch.diagonal(d_vbd.view(n, heads, fields, heads, head_dim), dim1=1, dim2=3).permute(0, 1, 3, 2))
 
 
 def self_attention(x: torch.Tensor, weight: torch.Tensor, heads: int, head_dim: int, scale: float,
