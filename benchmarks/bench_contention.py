@@ -10,7 +10,7 @@ with 2 threads on the idle machine.
 
 Why: torch's intra-op threads meet at a barrier after every parallel operation; when one of them
 shares its core with another process, every operation waits for the scheduler, which is what the
-trainer's busy-machine note (``ctrkit.pytorch.trainer.busy_cores_now``) warns about.
+busy-machine note of the trainers (``ctrkit.runtime.busy_cores_advice``) warns about.
 
 Usage::
 

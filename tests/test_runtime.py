@@ -1,4 +1,4 @@
-"""ctrkit.runtime: glibc malloc keeps freed memory for reuse."""
+"""ctrkit.runtime: glibc malloc keeps freed memory for reuse; busy cores are noticed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import os
 import platform
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+
+from ctrkit import runtime
 
 # Allocates, writes and frees a 64 MiB buffer 10 times; prints the minor page faults per buffer.
 # glibc's default serves a block this size (above its 32 MiB dynamic mmap limit) with fresh mmap
@@ -52,3 +56,23 @@ def test_freed_memory_is_reused_without_page_faults():
 @glibc_only
 def test_environment_switch_disables_the_tuning():
     assert _probe("tune", CTRKIT_MALLOC_TUNING="0")["applied"] is False
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc/stat")
+def test_busy_cores_sees_a_spinning_process():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = runtime.busy_cores_now(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and 0.7 <= busy <= (os.cpu_count() or 1) + 0.1, busy
+
+
+def test_no_advice_for_one_thread(monkeypatch):
+    def never(window: float = 0.25):
+        raise AssertionError("one thread: no need to sample the load")
+
+    monkeypatch.setattr(runtime, "busy_cores_now", never)
+    assert runtime.busy_cores_advice(1) is None

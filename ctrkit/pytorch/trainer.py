@@ -41,9 +41,8 @@ MT19937 keys as an int64 tensor plus position/gauss, python's state as a list) a
 stop reason, history, the epoch's running loss sum and rows, world size).
 
 Determinism: ``--seed`` seeds python, numpy and torch; on CPU the trainer also switches on
-``torch.use_deterministic_algorithms(True, warn_only=True)`` (process-wide, without its NaN-filling of
-new tensors). Two CPU runs with the
-same seed and thread count give identical metrics, and a resumed run reproduces the uninterrupted
+``torch.use_deterministic_algorithms(True, warn_only=True)`` (process-wide, without its NaN-filling
+of new tensors). Two CPU runs with the same seed and thread count give identical metrics, and a resumed run reproduces the uninterrupted
 one exactly: data order is a function of ``(seed, epoch)``, the loader uses its own generator, and
 the RNG states are restored at the step where ``last.pt`` was written. Under DDP every rank holds
 the same RNG state (same seed, same number of draws), so rank 0's is the one saved.
@@ -79,7 +78,7 @@ from ctrkit.errors import ConfigError, InputError, StoreError
 from ctrkit.metrics import binary_metrics
 from ctrkit.pytorch.layers import Bias, EmbeddingTable
 from ctrkit.pytorch.loader import make_loader, to_tensors
-from ctrkit.runtime import keep_freed_memory
+from ctrkit.runtime import busy_cores_advice, keep_freed_memory
 from ctrkit.schema import Schema
 
 CHECKPOINT_FORMAT = "ctrkit-torch-checkpoint"
@@ -132,30 +131,6 @@ def _group_of(module: nn.Module, param_name: str) -> str:
     if param_name == "bias" and isinstance(module, _BIASED_TYPES):
         return "no_decay"
     return "decay"
-
-
-def busy_cores_now(window: float = 0.25) -> float | None:
-    """Cores kept busy by all processes over the next ``window`` seconds (``/proc/stat``; Linux).
-
-    Called while this process sleeps, so it measures the others -- unlike the load average, which
-    also remembers this process's own work of the last minute. None where ``/proc/stat`` is missing.
-    """
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat", "rb") as stat:
-            values = [int(v) for v in stat.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-        return sum(values), values[3] + values[4]
-
-    try:
-        total_0, idle_0 = sample()
-        time.sleep(window)
-        total_1, idle_1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    elapsed = total_1 - total_0
-    if elapsed <= 0:
-        return None
-    return (1.0 - (idle_1 - idle_0) / elapsed) * (os.cpu_count() or 1)
 
 
 def initialise_weights(model: nn.Module, scheme: str) -> None:
@@ -570,23 +545,10 @@ class Trainer:
             self._note_busy_cores()
 
     def _note_busy_cores(self) -> None:
-        """Say so when other processes keep cores busy and ``--threads`` was left to torch.
-
-        torch's intra-op threads meet at a barrier after every parallel operation; when one of them
-        shares its core with another busy process, every operation waits for a scheduler slice.
-        ``benchmarks/bench_contention.py``, 2 cores, one busy neighbour: DeepFM runs at 0.37x and
-        AutoInt+ at 0.31x of their idle speed with 2 threads, at 0.56x and 0.57x with ``--threads 1``.
-        """
-        busy = busy_cores_now()
-        if busy is None:
-            return
-        threads = torch.get_num_threads()
-        cores = os.cpu_count() or 1
-        if threads > 1 and busy >= cores - threads + 0.75:  # fewer idle cores than threads
-            free = max(1, int(cores - busy + 0.25))
-            self._log(f"note: other processes keep {busy:.1f} of {cores} cores busy and torch uses {threads} "
-                      f"threads; when cores are shared its threads wait on each other -- --threads {free} "
-                      f"may train faster")
+        """Pass on :func:`ctrkit.runtime.busy_cores_advice` when ``--threads`` was left to torch."""
+        advice = busy_cores_advice(torch.get_num_threads())
+        if advice:
+            self._log(advice)
 
     def _barrier(self) -> None:
         if self.ctx.distributed:
