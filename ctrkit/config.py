@@ -500,10 +500,10 @@ _HELP: dict[str, str] = {
 }
 
 _BOOLEAN_FLAGS = ("batch_norm", "resume")
+_CHOICES = {"framework": FRAMEWORKS, "optimizer": OPTIMIZERS, "loss": LOSSES, "precision": PRECISIONS, "init": INITS}
 _METAVARS = {
-    "framework": "{torch,tf}", "optimizer": "{Adam,AdamW,Adagrad,SGD}", "loss": "{BCE}",
-    "precision": "{fp32,bf16}", "init": "{xavier_normal,torch_default}", "data": "STORE", "model_save_dir": "DIR",
-    "gpu_ids": "IDS",
+    **{name: "{" + ",".join(choices) + "}" for name, choices in _CHOICES.items()},
+    "data": "STORE", "model_save_dir": "DIR", "gpu_ids": "IDS",
     "hidden_units": "N,N,...", "cin_layer_units": "N,N,...", "model_args": "KEY=VALUE,...",
 }
 _SHOWN_DEFAULTS = {"gpu_ids": "CPU", "model_args": "none", "model_save_dir": "checkpoints/<model>"}
