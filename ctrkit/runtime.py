@@ -4,9 +4,9 @@
 handing it back to the kernel. A training step allocates the same large buffers every time
 (activations and gradients of a 4096-row batch are 1-10 MB each); by default glibc serves
 blocks above its mmap threshold with fresh ``mmap`` pages and trims the heap top after ``free``,
-so every step pays page faults and kernel zeroing on tens of MB. Measured with
-``benchmarks/bench_models.py`` on 2 cores, bf16 DeepFM and DCN ran 20-28 % faster with the
-setting (fp32 steps, bound by matrix multiplies, were unchanged). The cost: the process keeps its
+so every step pays page faults and kernel zeroing on tens of MB. Timing the same training steps
+with and without the setting on 2 cores, bf16 DeepFM and DCN steps were 20-28 % faster (fp32
+steps, bound by matrix multiplies, were unchanged); see ``benchmarks/RESULTS.md``. The cost: the process keeps its
 peak heap (RSS does not shrink after a large evaluation), which is what a training process wants
 anyway. Set ``CTRKIT_MALLOC_TUNING=0`` to leave ``malloc`` alone.
 
