@@ -137,23 +137,37 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: 
     }
 
 
+def _proc_status_mb(field: str) -> float | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in MB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 def own_peak_rss_mb() -> float:
     """Peak resident memory of this process since it was exec'ed, in MB (2**20 bytes).
 
     ``VmHWM`` from ``/proc/self/status`` belongs to the address space created by ``execve``, so
     unlike ``ru_maxrss`` it does not include the peak of the process that launched this one.
     """
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return usage / (1 << 20 if sys.platform == "darwin" else 1 << 10)
+
+
+def own_rss_mb() -> float:
+    """Current resident memory of this process in MB (nan where ``/proc`` is missing)."""
+    rss = _proc_status_mb("VmRSS")
+    return float("nan") if rss is None else rss
 
 
 class RssSampler:

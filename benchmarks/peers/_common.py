@@ -1,5 +1,6 @@
 """Shared by the runner scripts in this directory (each runs in its own process, often under the
-peers' virtualenv, so this module needs nothing but numpy and the standard library).
+peers' virtualenv, so this module needs nothing but numpy, the standard library and
+``benchmarks/common.py``).
 
 A runner is started by ``bench_models.py`` as::
 
@@ -22,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py: standard library only
+from common import own_peak_rss_mb, own_rss_mb  # noqa: E402,F401  (re-exported to the runners)
+
 RESULT_PREFIX = "RESULT "
 
 
@@ -32,21 +36,34 @@ def read_spec() -> dict[str, Any]:
     return json.loads(args.spec.read_text())
 
 
-def own_peak_rss_mb() -> float:
-    """``VmHWM`` of this process (reset at exec, so it is this runner's own peak), in MB."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def build_deepctr_model(spec: dict[str, Any], rows: dict[str, Any], feature_class: Any, models: dict[str, Any],
+                        library: str, **library_kwargs: Any) -> Any:
+    """One of the benchmark's models from DeepCTR (TF) or DeepCTR-Torch, whose APIs are the same.
 
-
-def own_rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    ``feature_class`` is the library's ``SparseFeat``; ``models`` maps ``DeepFM``, ``DCN``,
+    ``xDeepFM`` and ``AutoInt`` to its classes; ``library_kwargs`` go to every model (e.g. the
+    device), except ``autoint_kwargs``, which go to AutoInt only (DeepCTR's AutoInt takes
+    ``att_embedding_size`` and ``l2_reg_linear``, DeepCTR-Torch's neither). No L2, no dropout.
+    """
+    hp = spec["hparams"]
+    autoint_kwargs = library_kwargs.pop("autoint_kwargs", {})
+    features = [feature_class(name, vocabulary_size=v, embedding_dim=hp["embed_size"])
+                for name, v in zip(rows["field_names"], rows["vocab_sizes"])]
+    common = dict(dnn_hidden_units=tuple(hp["hidden_units"]), l2_reg_embedding=0.0, l2_reg_dnn=0.0, dnn_dropout=0.0,
+                  seed=spec["seed"], task="binary", **library_kwargs)
+    name = spec["model"]
+    if name == "deepfm":
+        return models["DeepFM"](features, features, l2_reg_linear=0.0, **common)
+    if name == "dcn":
+        return models["DCN"](features, features, cross_num=hp["cross_layers"], cross_parameterization="vector",
+                             l2_reg_linear=0.0, l2_reg_cross=0.0, **common)
+    if name == "xdeepfm":
+        return models["xDeepFM"](features, features, cin_layer_size=tuple(hp["cin_layer_units"]), cin_split_half=True,
+                                 cin_activation="linear", l2_reg_linear=0.0, l2_reg_cin=0.0, **common)
+    if name == "autoint+":
+        return models["AutoInt"](features, features, att_layer_num=hp["attention_layers"],
+                                 att_head_num=hp["num_heads"], att_res=True, **autoint_kwargs, **common)
+    raise SystemExit(f"{library} runner: unknown model {name}")
 
 
 def load_rows(spec: dict[str, Any]) -> dict[str, Any]:

@@ -39,23 +39,10 @@ from deepctr.models import DCN, AutoInt, DeepFM, xDeepFM  # noqa: E402
 rows = _common.load_rows(spec)
 names = rows["field_names"]
 hp = spec["hparams"]
-features = [SparseFeat(name, vocabulary_size=v, embedding_dim=hp["embed_size"]) for name, v in zip(names, rows["vocab_sizes"])]
-common = dict(dnn_hidden_units=tuple(hp["hidden_units"]), l2_reg_embedding=0.0, l2_reg_dnn=0.0, dnn_dropout=0.0,
-              seed=spec["seed"], task="binary")
-model_name = spec["model"]
-if model_name == "deepfm":
-    model = DeepFM(features, features, l2_reg_linear=0.0, **common)
-elif model_name == "dcn":
-    model = DCN(features, features, cross_num=hp["cross_layers"], cross_parameterization="vector", l2_reg_linear=0.0,
-                l2_reg_cross=0.0, **common)
-elif model_name == "xdeepfm":
-    model = xDeepFM(features, features, cin_layer_size=tuple(hp["cin_layer_units"]), cin_split_half=True,
-                    cin_activation="linear", l2_reg_linear=0.0, l2_reg_cin=0.0, **common)
-elif model_name == "autoint+":
-    model = AutoInt(features, features, att_layer_num=hp["attention_layers"], att_embedding_size=hp["attention_dim"],
-                    att_head_num=hp["num_heads"], att_res=True, l2_reg_linear=0.0, **common)
-else:
-    raise SystemExit(f"DeepCTR runner: unknown model {model_name}")
+model = _common.build_deepctr_model(
+    spec, rows, SparseFeat, {"DeepFM": DeepFM, "DCN": DCN, "xDeepFM": xDeepFM, "AutoInt": AutoInt}, "DeepCTR",
+    autoint_kwargs={"att_embedding_size": hp.get("attention_dim"), "l2_reg_linear": 0.0},  # used for autoint+ only
+)
 
 model.compile(tf.keras.optimizers.Adam(learning_rate=spec["lr"]), "binary_crossentropy")
 clock = _common.StepClock()

@@ -23,26 +23,13 @@ _common.seed_torch(spec)
 rows = _common.load_rows(spec)
 names = rows["field_names"]
 hp = spec["hparams"]
-features = [SparseFeat(name, vocabulary_size=v, embedding_dim=hp["embed_size"]) for name, v in zip(names, rows["vocab_sizes"])]
-common = dict(dnn_hidden_units=tuple(hp["hidden_units"]), l2_reg_embedding=0.0, l2_reg_dnn=0.0, dnn_dropout=0.0,
-              seed=spec["seed"], task="binary", device="cpu")
-model_name = spec["model"]
-if model_name == "deepfm":
-    model = DeepFM(features, features, l2_reg_linear=0.0, **common)
-elif model_name == "dcn":
-    model = DCN(features, features, cross_num=hp["cross_layers"], cross_parameterization="vector", l2_reg_linear=0.0,
-                l2_reg_cross=0.0, **common)
-elif model_name == "xdeepfm":
-    model = xDeepFM(features, features, cin_layer_size=tuple(hp["cin_layer_units"]), cin_split_half=True,
-                    cin_activation="linear", l2_reg_linear=0.0, l2_reg_cin=0.0, **common)
-elif model_name == "autoint+":
+if spec["model"] == "autoint+" and hp["embed_size"] // hp["num_heads"] != hp["attention_dim"]:
     # DeepCTR-Torch splits the embedding into the heads: d' = embed_size / heads (8 here).
-    if hp["embed_size"] // hp["num_heads"] != hp["attention_dim"]:
-        raise SystemExit(f"DeepCTR-Torch AutoInt needs attention_dim = embed_size / num_heads, got {hp}")
-    model = AutoInt(features, features, att_layer_num=hp["attention_layers"], att_head_num=hp["num_heads"],
-                    att_res=True, **common)
-else:
-    raise SystemExit(f"DeepCTR-Torch runner: unknown model {model_name}")
+    raise SystemExit(f"DeepCTR-Torch AutoInt needs attention_dim = embed_size / num_heads, got {hp}")
+model = _common.build_deepctr_model(
+    spec, rows, SparseFeat, {"DeepFM": DeepFM, "DCN": DCN, "xDeepFM": xDeepFM, "AutoInt": AutoInt}, "DeepCTR-Torch",
+    device="cpu",
+)
 
 optimizer = torch.optim.Adam(model.parameters(), lr=spec["lr"])
 model.compile(optimizer, "binary_crossentropy", metrics=[])
