@@ -23,7 +23,7 @@ import numbers
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ctrkit.errors import ConfigError
 
@@ -360,27 +360,39 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return by_key[key]
 
 
-def _units(name: str, value: Any, allow_empty: bool = True) -> list[int]:
-    """``"400,400,400"``, ``[400, 400]`` or ``""``/``[]`` (no layers) -> list of positive ints."""
-    example = f"--{name} must be comma-separated positive integers such as 400,400,400"
+def _int_list(value: Any, error: str, split: Callable[[str], list[str]]) -> list[int]:
+    """An int, a string cut by ``split`` or a list/tuple -> ints; anything else -> ``ConfigError(error)``.
+
+    Items must be ints or digit strings (so ``"-1"`` and ``"x"`` are refused here, an int ``-1``
+    is left to the caller's range check).
+    """
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         items: list[Any] = [value]
     elif isinstance(value, str):
-        text = value.strip().strip("[]()").strip()
-        items = [t.strip() for t in text.split(",")] if text else []
+        items = split(value)
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
-        raise ConfigError(f"{example}, got {value!r}")
-    units = []
+        raise ConfigError(error)
     for item in items:
         if isinstance(item, bool) or not (
             isinstance(item, numbers.Integral) or (isinstance(item, str) and item.isdigit())
         ):
-            raise ConfigError(f"{example}, got {value!r}")
-        if int(item) < 1:
-            raise ConfigError(f"{example}, got {value!r}")
-        units.append(int(item))
+            raise ConfigError(error)
+    return [int(item) for item in items]
+
+
+def _units(name: str, value: Any, allow_empty: bool = True) -> list[int]:
+    """``"400,400,400"``, ``[400, 400]`` or ``""``/``[]`` (no layers) -> list of positive ints."""
+    error = f"--{name} must be comma-separated positive integers such as 400,400,400, got {value!r}"
+
+    def split(text: str) -> list[str]:
+        text = text.strip().strip("[]()").strip()
+        return [t.strip() for t in text.split(",")] if text else []
+
+    units = _int_list(value, error, split)
+    if any(size < 1 for size in units):
+        raise ConfigError(error)
     if not units and not allow_empty:
         raise ConfigError(f"--{name} must list at least one layer size, got {value!r}")
     return units
@@ -390,21 +402,8 @@ def _gpu_ids(value: Any) -> list[int]:
     """``"1,2,3"`` / ``[1, 2]`` / ``0`` / ``""`` / ``None`` -> distinct non-negative ids."""
     if value is None:
         return []
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        items: list[Any] = [value]
-    elif isinstance(value, str):
-        items = [t.strip() for t in value.split(",") if t.strip()] if value.strip() else []
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ConfigError(f"--gpu_ids must be comma-separated GPU numbers such as 0,1, got {value!r}")
-    ids = []
-    for item in items:
-        if isinstance(item, bool) or not (
-            isinstance(item, numbers.Integral) or (isinstance(item, str) and item.isdigit())
-        ):
-            raise ConfigError(f"--gpu_ids must be comma-separated GPU numbers such as 0,1, got {value!r}")
-        ids.append(int(item))
+    error = f"--gpu_ids must be comma-separated GPU numbers such as 0,1, got {value!r}"
+    ids = _int_list(value, error, lambda text: [t.strip() for t in text.split(",") if t.strip()])
     if any(i < 0 for i in ids):
         raise ConfigError(f"--gpu_ids must be >= 0, got {value!r}")
     if len(set(ids)) != len(ids):
