@@ -434,10 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\ncProfile of one shuffled BatchReader epoch (sorted by own time):\n" + profile_text)
 
         payload = {
-            "benchmark": "loader",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": [sys.executable, *sys.argv],
-            "machine": {**machine, "loadavg_at_end": load_end},
+            **common.run_header("loader", machine, load_end),
             "parameters": {
                 "rows": args.rows,
                 "per_row_sample": args.per_row_sample,

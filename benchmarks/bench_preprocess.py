@@ -530,10 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncProfile of preprocess_criteo on {args.rows[0]:,} rows:\n{profile_text}")
 
     payload = {
-        "benchmark": "preprocess",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": [sys.executable, *sys.argv],
-        "machine": {**machine, "loadavg_at_end": load_end},
+        **common.run_header("preprocess", machine, load_end),
         "parameters": {
             "rows": args.rows,
             "per_row_rows": args.per_row_rows,

@@ -245,6 +245,16 @@ def remove_tree(path: str | Path | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def run_header(benchmark: str, machine: dict[str, Any], load_end: list[float] | None) -> dict[str, Any]:
+    """The first keys of a benchmark's JSON: its name, when and how it ran, on what machine."""
+    return {
+        "benchmark": benchmark,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": [sys.executable, *sys.argv],
+        "machine": {**machine, "loadavg_at_end": load_end},
+    }
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
