@@ -15,3 +15,7 @@ class StoreError(CtrkitError):
 
 class ConfigError(CtrkitError):
     """A flag or configuration value that is out of range or inconsistent."""
+
+
+class OutputError(CtrkitError):
+    """An output that cannot be written (bad path, disk full, an input named as output); says what was kept."""
