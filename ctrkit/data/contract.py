@@ -82,7 +82,7 @@ def _check_labels(labels: np.ndarray, rows: int, where: str) -> None:
     bad = (labels != 0) & (labels != 1)  # NaN compares unequal to both
     if bad.any():
         row = int(np.argmax(bad))
-        raise ContractError(f"{where}: label of row {row} is {labels[row]!r}; labels must be 0 or 1")
+        raise ContractError(f"{where}: label of row {row} is {float(labels[row])}; labels must be 0 or 1")
 
 
 def _check_ids(ids: np.ndarray, vocab: np.ndarray, names: list[str], where: str) -> None:
@@ -110,5 +110,5 @@ def _check_finite(values: np.ndarray, names: list[str], where: str) -> None:
     bad = np.argwhere(~np.isfinite(values))
     if bad.size:  # else the sum overflowed on finite values
         row, column = map(int, bad[0])
-        raise ContractError(f"{where}: dense field {names[column]} is {values[row, column]!r} in row {row}; "
+        raise ContractError(f"{where}: dense field {names[column]} is {float(values[row, column])} in row {row}; "
                             "dense values must be finite")
