@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from ctrkit.commands.inspect import describe_store
     from ctrkit.data.criteo import CriteoOptions, parse_split, preprocess_criteo
 
@@ -43,7 +45,15 @@ def run(args: argparse.Namespace) -> int:
         strict=args.strict,
         chunk_rows=args.chunk_rows,
     )
-    result = preprocess_criteo(args.raw, args.out, options, valid=args.valid, test=args.test, overwrite=args.overwrite)
+    result = preprocess_criteo(
+        args.raw,
+        args.out,
+        options,
+        valid=args.valid,
+        test=args.test,
+        overwrite=args.overwrite,
+        notify=lambda line: print(f"ctrkit preprocess: {line}", file=sys.stderr),
+    )
     print(describe_store(result.store))
     rate = result.rows_read / result.seconds if result.seconds else float("nan")
     print(f"\n{result.rows_read:,} lines in {result.seconds:.1f} s ({rate:,.0f} rows/s); {result.bad_rows.describe()}")

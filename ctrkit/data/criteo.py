@@ -22,12 +22,13 @@ chunks to the store.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -44,7 +45,8 @@ from ctrkit.data.rawtext import (
     read_blocks,
 )
 from ctrkit.data.store import DEFAULT_CHUNK_ROWS, Store, StoreWriter
-from ctrkit.errors import ConfigError, InputError
+from ctrkit.errors import ConfigError, InputError, OutputError
+from ctrkit.fileio import clean_debris, os_error_message, target_lock
 from ctrkit.schema import Field, Schema
 
 LABEL = "label"
@@ -153,7 +155,7 @@ class CriteoParser:
         self.bad_rows = bad_rows
 
     def parse(self, block: Block) -> ParsedBlock:
-        if block.data.count(b"\t") == (len(self.columns) - 1) * block.num_lines:
+        if self._fast_path_applies(block):
             try:
                 frame = pl.scan_csv(block.data, **self._csv_options(self.schema))
                 converted = frame.select(self._exprs() + self._label_check()).collect()
@@ -163,11 +165,22 @@ class CriteoParser:
                 pass
         return self._parse_carefully(block)
 
+    def _fast_path_applies(self, block: Block) -> bool:
+        """Whether every line has the right field count and a null can only mean an empty field.
+
+        The CSV reader reads an integer field of spaces as null, exactly like an empty field, so a
+        block holding a space goes to the careful path, which compares each typed value with the
+        raw text. Well-formed Criteo rows hold no spaces.
+        """
+        data = block.data
+        return data.count(b"\t") == (len(self.columns) - 1) * block.num_lines and b" " not in data
+
     def _csv_options(self, schema: dict) -> dict:
         return {"has_header": False, "separator": "\t", "quote_char": None, "new_columns": list(self.columns), "schema": schema}
 
     def _label_check(self) -> list[pl.Expr]:
-        return [pl.col(LABEL).is_in([0, 1]).alias("label_ok")] if self.labeled else []
+        # is_in gives null for a null (empty) label and Series.all() skips nulls: count it as bad
+        return [pl.col(LABEL).is_in([0, 1]).fill_null(False).alias("label_ok")] if self.labeled else []
 
     def _convert(self, frame: pl.DataFrame, line_index: np.ndarray) -> ParsedBlock:
         """Typed rows → tokens (int64, fields × rows), labels and dense features."""
@@ -232,7 +245,7 @@ class CriteoParser:
         for name, flags, reason in checks:
             for position in np.flatnonzero(flags.to_numpy()):
                 value = raw.get_column(name)[int(position)]
-                problems.setdefault(int(position), (name, f"{reason}: {value!r}"))
+                problems.setdefault(int(position), (name, f"{reason}: {'empty field' if value is None else repr(value)}"))
         return problems
 
     def _empty(self) -> ParsedBlock:
@@ -387,14 +400,18 @@ class Spill:
         rows = len(block.split)
         if rows == 0:
             return
-        block.split.astype(np.int8).tofile(self._handle)
+        self._write(block.split, np.int8)
         for column in block.tokens:
-            np.ascontiguousarray(column, dtype=np.int64).tofile(self._handle)
+            self._write(column, np.int64)
         if block.labels is not None:
-            block.labels.astype(np.float32).tofile(self._handle)
+            self._write(block.labels, np.float32)
         if self.n_dense:
-            np.ascontiguousarray(block.dense, dtype=np.float32).tofile(self._handle)
+            self._write(block.dense, np.float32)
         self.blocks.append((rows, block.labels is not None))
+
+    def _write(self, array: np.ndarray, dtype: type) -> None:
+        # file.write, not ndarray.tofile: a full disk then raises OSError with its errno (ENOSPC)
+        self._handle.write(memoryview(np.ascontiguousarray(array, dtype=dtype)).cast("B"))
 
     def __iter__(self) -> Iterator[SpilledBlock]:
         self._handle.close()
@@ -445,20 +462,55 @@ def preprocess_criteo(
     test: str | Path | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> PreprocessResult:
     """Build a store at ``out`` from raw Criteo files (see the module docstring for the rules).
 
     ``raw`` rows are split at random by ``options.split``; a split given as its own file
     (``valid``/``test``) is not drawn from ``raw``. ``progress=None`` shows bars on a terminal.
+
+    ``out`` is locked for the whole run (:func:`ctrkit.fileio.target_lock`), so a second build of
+    the same path fails at once; what killed runs left beside ``out`` is cleaned up first, and each
+    action is passed to ``notify``. A file-system failure (disk full, read-only, …) becomes an
+    :class:`OutputError` saying what was kept; the spill and the temporary store are removed.
     """
     started = time.perf_counter()
     jobs, labeled = _check_inputs(raw, valid, test)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; remove it or pass --overwrite")
+    _check_output(out, overwrite)
+    with target_lock(out, "preprocessing"):
+        try:
+            for action in clean_debris(out):
+                if notify is not None:
+                    notify(action)
+            if out.exists() and not overwrite:
+                raise InputError(f"{out} already exists; remove it or pass --overwrite")
+            return _build(jobs, labeled, out, options, overwrite, progress, started)
+        except OSError as exc:
+            kept = f"the existing {out} is unchanged" if out.exists() else f"nothing was written at {out}"
+            raise OutputError(f"cannot build {out}: {os_error_message(exc)}; {kept}") from None
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a store path that cannot be built or must not be replaced."""
+    parent = out.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise OutputError(f"--out {out}: {parent} {what}")
+    if os.path.lexists(out) and not out.is_dir():
+        raise OutputError(f"--out {out}: is a file, not a store directory; remove it or choose another path")
+    if overwrite and out.is_dir() and any(out.iterdir()) and not (out / "data.mdb").is_file():
+        raise OutputError(f"--out {out}: is a directory that is not a ctrkit store; --overwrite replaces stores only")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"--out {out}: directory {parent} is not writable")
+
+
+def _build(jobs, labeled, out: Path, options: CriteoOptions, overwrite: bool, progress, started: float) -> PreprocessResult:
+    """The two passes, with the spill in a directory beside ``out`` that is always removed."""
     split_labeled = {name: all(labeled[p] for p, role in jobs if role in ("raw", name)) for name in SPLITS}
     bad_rows = BadRows()
-    spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.spill-", dir=out.parent if out.parent.is_dir() else None))
+    # named .<out>.spill-<pid>-… so that a later run can remove it once this process is dead
+    spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.spill-{os.getpid()}-", dir=out.parent))
     try:
         spill = Spill(spill_dir, len(options.token_fields), len(options.dense_fields))
         counter = TokenCounter(options.token_fields)
