@@ -14,11 +14,19 @@ from what autograd would do with the naive expression:
 
 Every function is checked against autograd of the plain formula with ``gradcheck`` in
 ``tests/pytorch/test_fused.py``.
+
+Double backward (``create_graph=True``, Hessian-vector products): a backward built from values the
+forward computed without a graph (``t``, ``c_l`` of the cross network, CIN states, attention
+matrices) would silently differentiate as if those were constants. Such backwards are marked
+:func:`first_order_only` (stricter than ``once_differentiable``, which can still let a wrong
+Hessian through), so a second derivative raises instead of returning a wrong number; the FM backward
+recomputes its one saved intermediate when a graph is requested, so it is exact twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -34,6 +42,30 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     if device in ("cpu", "cuda") and torch.is_autocast_enabled(device) and x.is_floating_point():
         return torch.get_autocast_dtype(device)
     return x.dtype
+
+
+def first_order_only(backward: Callable) -> Callable:
+    """Mark a hand-written ``backward`` as not differentiable itself: ``create_graph=True`` raises.
+
+    ``torch.autograd.function.once_differentiable`` is not enough: it attaches its error only when
+    an incoming gradient requires grad, and ``torch.autograd.grad(..., inputs=x)`` prunes that
+    error node anyway, so with another path from ``x`` (``block(x) + x**3``) a Hessian-vector
+    product comes out silently wrong. The autograd engine enables grad mode inside a backward only
+    for ``create_graph=True``, so that is where this refuses; a plain backward runs unchanged.
+    """
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():
+            block = type(ctx).__name__.removesuffix("Backward").lstrip("_")
+            raise RuntimeError(
+                f"{block}: the fused backward is first-order only, so double backward "
+                "(create_graph=True) would give wrong values and is refused; differentiate the "
+                "module's reference_forward to take second derivatives"
+            )
+        return backward(ctx, *grads)
+
+    return wrapper
 
 
 def _grad_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -64,6 +96,8 @@ class _FMPairwise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, total = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the saved sum has no graph; rebuild it from x
+            total = x.sum(dim=1)
         g = grad.to(x.dtype)  # (B, 1)
         return torch.addcmul((g * total).unsqueeze(1), x, g.unsqueeze(-1), value=-1.0)  # g (s - v_i)
 
@@ -109,6 +143,7 @@ class _CrossNet(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only  # the saved intermediates carry no graph
     def backward(ctx, grad):
         x0, weight, t, cs, betas = ctx.saved_tensors
         layers = weight.shape[0]
@@ -196,6 +231,7 @@ class _CIN(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only  # the saved intermediates carry no graph
     def backward(ctx, grad_out):
         chunk_rows, next_sizes, units, out_rows, x_dtype, w_meta = ctx.meta
         batch, m, dim = ctx.x_shape
@@ -340,6 +376,7 @@ class _SelfAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only  # the saved intermediates carry no graph
     def backward(ctx, grad_out):
         x, weight, out, *attn_chunks = ctx.saved_tensors
         heads, head_dim, scale, residual, chunk_rows, cdt = ctx.meta

@@ -351,6 +351,7 @@ class AttentionalPooling(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pairs = x[:, self.rows] * x[:, self.cols]  # (B, P, D)
         logits = self.score(F.relu(self.attention(pairs)))  # (B, P, 1)
-        weights = torch.softmax(logits.float(), dim=1)  # (B, P, 1)
+        # bf16/fp16 (autocast) logits are normalised in fp32; fp32 and fp64 in their own precision
+        weights = torch.softmax(logits, dim=1, dtype=torch.promote_types(logits.dtype, torch.float32))  # (B, P, 1)
         pooled = (weights * pairs).sum(dim=1)  # (B, D)
         return self.projection(self.dropout(pooled))  # (B, 1)
