@@ -478,17 +478,17 @@ def preprocess_criteo(
     jobs, labeled = _check_inputs(raw, valid, test)
     out = Path(out)
     _check_output(out, overwrite)
-    with target_lock(out, "preprocessing"):
-        try:
+    try:
+        with target_lock(out, "preprocessing"):  # writing the holder's name fails on a full disk too
             for action in clean_debris(out):
                 if notify is not None:
                     notify(action)
             if out.exists() and not overwrite:
                 raise InputError(f"{out} already exists; remove it or pass --overwrite")
             return _build(jobs, labeled, out, options, overwrite, progress, started)
-        except OSError as exc:
-            kept = f"the existing {out} is unchanged" if out.exists() else f"nothing was written at {out}"
-            raise OutputError(f"cannot build {out}: {os_error_message(exc)}; {kept}") from None
+    except OSError as exc:
+        kept = f"the existing {out} is unchanged" if out.exists() else f"nothing was written at {out}"
+        raise OutputError(f"cannot build {out}: {os_error_message(exc)}; {kept}") from None
 
 
 def _check_output(out: Path, overwrite: bool) -> None:

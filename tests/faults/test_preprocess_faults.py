@@ -321,9 +321,22 @@ def spill_bytes(rows: int) -> int:
     return rows * (1 + 39 * 8 + 4)
 
 
-@pytest.mark.parametrize("stage, kib", [("spill", 256), ("store", spill_bytes(3000) // 1024 + 96)])
+def fill_up(directory: Path) -> None:
+    """Write a file until the file system is full."""
+    with open(directory / "ballast", "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("stage, kib", [("before", 64), ("spill", 256), ("store", spill_bytes(3000) // 1024 + 96)])
 def test_disk_full_gives_one_line_and_leaves_no_debris(small_raw, tmp_path, capsys, full_disk, stage, kib):
+    """Full from the start (even the lock's holder line cannot be written), in pass 1, in pass 2."""
     disk = full_disk(kib)
+    if stage == "before":
+        fill_up(disk)
     out = disk / "s.lmdb"
     rc = main(["preprocess", "criteo", str(small_raw), "--out", str(out)])
     message = one_error_line(capsys.readouterr().err)
