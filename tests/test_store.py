@@ -10,6 +10,7 @@ from ctrkit.data.store import META_KEY, Store, StoreWriter, decode_arrays, encod
 from ctrkit.errors import StoreError
 from ctrkit.schema import Field, Schema
 
+LOCK = ".s.lmdb.lock"  # the build target's lock file stays beside it (ctrkit.fileio.target_lock)
 SCHEMA = Schema((Field("a", "sparse", vocab_size=100), Field("b", "sparse", vocab_size=5), Field("x", "dense")))
 
 
@@ -41,7 +42,7 @@ def test_write_read_chunks_and_metadata(tmp_path):
         writer.declare_split("test")
         writer.put_array("vocab/a", np.arange(99, dtype=np.int64))
         store = writer.commit({"note": "hello"})
-    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "temporary directory left behind"
+    assert not any(p.name.startswith(".") and p.name != LOCK for p in tmp_path.iterdir()), "temporary directory left behind"
     assert store.splits["train"].chunk_rows == (16, 16, 16, 2)
     assert store.splits["train"].rows == 50 and store.splits["valid"].rows == 5 and store.splits["test"].rows == 0
     assert store.splits["train"].positives == int((np.arange(50) % 3 == 0).sum())
@@ -59,7 +60,7 @@ def test_abort_on_exception_leaves_nothing(tmp_path):
         with StoreWriter(path, SCHEMA, chunk_rows=4) as writer:
             writer.append("train", rows(10))
             raise RuntimeError("boom")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK]
 
 
 def test_killed_build_leaves_no_store(tmp_path):
@@ -75,7 +76,7 @@ def test_killed_build_leaves_no_store(tmp_path):
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 9
     assert not path.exists()
-    leftovers = list(tmp_path.iterdir())
+    leftovers = [p for p in tmp_path.iterdir() if p.name != LOCK]
     assert len(leftovers) == 1 and leftovers[0].name.startswith(".s.lmdb.tmp-")
     with pytest.raises(StoreError, match="incomplete store"):
         Store(leftovers[0])
@@ -124,7 +125,7 @@ def test_existing_path_needs_overwrite_and_is_replaced_atomically(tmp_path):
         writer.append("train", rows(8))
         writer.commit()
     assert Store(path).splits["train"].rows == 8
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.lmdb"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK, "s.lmdb"]
 
 
 def test_map_grows_as_needed(tmp_path):
