@@ -100,6 +100,7 @@ class TrainConfig:
     num_workers: int = 0
     precision: str = "fp32"
     resume: bool = False
+    overwrite: bool = False
     eval_batch_size: int = 0
     checkpoint_every: int = 0
     max_steps: int = 0
@@ -205,6 +206,10 @@ class TrainConfig:
         self.num_workers = _int("num_workers", self.num_workers, minimum=0)
         self.precision = _choice("precision", self.precision, PRECISIONS)
         self.resume = _bool("resume", self.resume)
+        self.overwrite = _bool("overwrite", self.overwrite)
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other: --resume continues the run in "
+                              "--model_save_dir, --overwrite replaces it")
         self.checkpoint_every = _int("checkpoint_every", self.checkpoint_every, minimum=0)
         self.max_steps = _int("max_steps", self.max_steps, minimum=0)
         self.log_every = _int("log_every", self.log_every, minimum=1)
@@ -255,16 +260,21 @@ def field_names() -> set[str]:
 # YAML
 # ---------------------------------------------------------------------------------------------
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a run file: a mapping of option names (``batch_size`` or ``batch-size``) to values."""
+    """Read a run file: a mapping of option names (``batch_size`` or ``batch-size``) to values.
+
+    Anything else (a missing, unreadable, binary or non-UTF-8 file, YAML that is not a mapping,
+    unknown keys) is a one-line :class:`ConfigError` naming the file.
+    """
     import yaml
 
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
     except OSError as exc:
-        raise ConfigError(f"--config {path}: cannot read it: {exc.strerror}") from None
+        raise ConfigError(f"--config {path}: cannot read it: {(exc.strerror or str(exc)).lower()}") from None
+    text = _yaml_text(path, raw)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -278,6 +288,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
     return data
+
+
+def _yaml_text(path: Path, raw: bytes) -> str:
+    """The text of a run file; a binary or non-UTF-8 file is refused by name (not a decode traceback)."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise ConfigError(f"--config {path}: is a binary file (a NUL byte at offset {nul}), not YAML")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"--config {path}: is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,6 +513,7 @@ _HELP: dict[str, str] = {
     "num_workers": "DataLoader worker processes per training process",
     "precision": "fp32 or bf16 (autocast of the forward pass)",
     "resume": "continue from <model_save_dir>/last.pt",
+    "overwrite": "replace the run already in --model_save_dir (its checkpoints, metrics.json and TensorBoard logs)",
     "eval_batch_size": "batch size for evaluation (0: --batch_size)",
     "checkpoint_every": "also write last.pt every N training steps (0: only at the end of epochs)",
     "max_steps": "stop after N training steps (0: no limit)",
@@ -498,7 +522,7 @@ _HELP: dict[str, str] = {
     "threads": "torch intra-op threads per process (0: torch's default)",
 }
 
-_BOOLEAN_FLAGS = ("batch_norm", "resume")
+_BOOLEAN_FLAGS = ("batch_norm", "resume", "overwrite")
 _CHOICES = {"framework": FRAMEWORKS, "optimizer": OPTIMIZERS, "loss": LOSSES, "precision": PRECISIONS, "init": INITS}
 _METAVARS = {
     **{name: "{" + ",".join(choices) + "}" for name, choices in _CHOICES.items()},

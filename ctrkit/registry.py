@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,78 @@ def _load(path: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
+#: Attributes :func:`build_torch_model` sets on the model it returns: the registry name and every
+#: constructor keyword the model was built with, defaults included (what a checkpoint must record
+#: so that the same model can be built again).
+NAME_ATTRIBUTE = "ctrkit_name"
+HPARAMS_ATTRIBUTE = "ctrkit_hparams"
+
+
+def _constructor_keywords(cls: Any) -> dict[str, inspect.Parameter]:
+    params = inspect.signature(cls).parameters
+    return {k: p for k, p in params.items() if k != "schema" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _plain(value: Any) -> Any:
+    """Python's own types, recursively (tuples as lists, numpy scalars as int/float/bool).
+
+    Checkpoints are loaded with ``weights_only=True``, which refuses other types, and JSON and the
+    resume check compare lists.
+    """
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (bool, str, int, float)) or value is None:
+        return value
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):  # not an Integral
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
+def resolved_hparams(name: str, hparams: dict | None = None) -> dict[str, Any]:
+    """Every constructor keyword of model ``name`` with the value it gets from ``hparams``.
+
+    Registry defaults are merged under ``hparams`` and the constructor's own defaults fill the
+    rest; keywords the constructor does not take are left out. Two hyper-parameter dicts build
+    the same model exactly when their resolved forms are equal (an old checkpoint recorded only
+    the values a user set; resolving it makes it comparable with a new one).
+    """
+    info = get_model_info(name)
+    keywords = _constructor_keywords(_load(info.torch_class))
+    given = {k: v for k, v in (hparams or {}).items() if v is not None}
+    merged = {**info.defaults, **given}
+    resolved = {}
+    for key, param in keywords.items():
+        if key in merged:
+            resolved[key] = merged[key]
+        elif param.default is not param.empty:
+            resolved[key] = param.default
+    return _plain(resolved)
+
+
+def model_name_of(model: Any) -> str | None:
+    """The registry name of a model object, or None for a model the registry does not know.
+
+    A model from :func:`build_torch_model` carries its name; otherwise the class decides, and a
+    class registered under several names (AutoInt, AutoInt+) by the registry defaults it matches.
+    """
+    name = getattr(model, NAME_ATTRIBUTE, None)
+    if name:
+        return str(name)
+    cls = type(model)
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    candidates = [info for info in MODELS.values() if info.torch_class == path]
+    for info in candidates:
+        if all(getattr(model, key, None) == value for key, value in info.defaults.items()):
+            return info.name
+    return candidates[0].name if len(candidates) == 1 else None
+
+
 def build_torch_model(name: str, schema: Any, hparams: dict | None = None) -> tuple[Any, list[str]]:
     """Build the PyTorch model registered as ``name``.
 
@@ -95,6 +168,10 @@ def build_torch_model(name: str, schema: Any, hparams: dict | None = None) -> tu
     constructor accepts are passed; the others are returned, sorted, as ``ignored`` so the CLI can
     warn about them, together with keywords the model accepts but does not use in this
     configuration (``model.unused_hparams``, e.g. ``hidden_units`` of plain AutoInt).
+
+    The model gets two attributes, ``ctrkit_name`` (the registry name) and ``ctrkit_hparams``
+    (:func:`resolved_hparams`: every constructor keyword, defaults included), which the trainer
+    writes to checkpoints and ``metrics.json``.
 
     Returns:
         ``(model, ignored)``.
@@ -106,8 +183,7 @@ def build_torch_model(name: str, schema: Any, hparams: dict | None = None) -> tu
     cls = _load(info.torch_class)
     given = {k: v for k, v in (hparams or {}).items() if v is not None}
     merged = {**info.defaults, **given}
-    params = inspect.signature(cls).parameters
-    accepted = {k for k, p in params.items() if k != "schema" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    accepted = _constructor_keywords(cls)
     kwargs = {k: v for k, v in merged.items() if k in accepted}
     ignored = {k for k in merged if k not in accepted}
     try:
@@ -117,4 +193,6 @@ def build_torch_model(name: str, schema: Any, hparams: dict | None = None) -> tu
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model {info.name}: invalid hyper-parameter: {exc}") from None
     ignored |= {k for k in getattr(model, "unused_hparams", ()) if k in given}
+    setattr(model, NAME_ATTRIBUTE, info.name)
+    setattr(model, HPARAMS_ATTRIBUTE, resolved_hparams(info.name, given))
     return model, sorted(ignored)

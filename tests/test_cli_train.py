@@ -33,6 +33,15 @@ def store(tmp_path_factory):
     return build_store(tmp_path_factory.mktemp("cli") / "store.lmdb")
 
 
+def debris(directory: Path) -> list[Path]:
+    """Hidden temporary files left in ``directory``; the lock file beside a run directory is no debris.
+
+    (``.RUN.lock`` stays by design: removing a lock file would let a waiting process lock an
+    unlinked file; see ``ctrkit.fileio.target_lock``.)
+    """
+    return [p for p in directory.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+
+
 # ---------------------------------------------------------------------------------------------
 # bad flags: exit code 2, one line naming the flag, nothing written
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +165,7 @@ def test_train_evaluate_predict_round_trip(capsys, criteo, tmp_path):
                        "--out", str(tmp_path / "unlabeled_scores.tsv"))
     assert code == 0, err
     assert len((tmp_path / "unlabeled_scores.tsv").read_text().splitlines()) == 300
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not debris(tmp_path)
 
 
 def test_predict_malformed_row_writes_nothing(capsys, criteo, tmp_path, store):
@@ -174,7 +183,7 @@ def test_predict_malformed_row_writes_nothing(capsys, criteo, tmp_path, store):
     code, _, err = cli(capsys, "predict", str(save_dir), str(bad), "--data", str(criteo / "store.lmdb"),
                        "--out", str(out))
     assert code == 2 and "bad.tsv" in err and "5" in err, err
-    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not out.exists() and not debris(tmp_path)
 
     # a checkpoint evaluated on a store of another schema is refused
     code, _, err = cli(capsys, "evaluate", str(save_dir), "--data", str(store.path))

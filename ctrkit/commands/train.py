@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train a CTR model on a store built by `ctrkit preprocess`. Options come from the flags "
             "and an optional --config YAML file (flags win). Writes best.pt, last.pt, metrics.json "
-            "and TensorBoard logs to --model_save_dir."
+            "and TensorBoard logs to --model_save_dir; a directory holding a previous run needs "
+            "--resume or --overwrite. SIGINT/SIGTERM stop after the current step with last.pt saved "
+            "(exit code 130/143); --resume continues exactly."
         ),
     )
     add_train_arguments(parser)
@@ -27,9 +29,14 @@ def run(args: argparse.Namespace) -> int:
     from ctrkit.config import TrainConfig
 
     config = TrainConfig.from_args(args)
-    from ctrkit.pytorch.trainer import train_from_config
+    from ctrkit.pytorch.trainer import TrainingInterrupted, train_from_config
 
-    metrics = train_from_config(config, warn=lambda message: print(message, file=sys.stderr))
+    try:
+        metrics = train_from_config(config, warn=lambda message: print(message, file=sys.stderr))
+    except TrainingInterrupted as exc:
+        # not an error of the user's making: the shell's code for death by that signal, one line
+        print(f"ctrkit train: {exc}", file=sys.stderr)
+        return exc.exit_code
     if metrics.get("test") and os.environ.get("RANK", "0") == "0":
         print(f"test auc {metrics['test']['auc']:.5f}  logloss {metrics['test']['logloss']:.5f}  "
               f"(best epoch {metrics['best_epoch']}; {config.save_dir})")

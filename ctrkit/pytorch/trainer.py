@@ -31,7 +31,8 @@ fsync, ``os.replace``) and are always loaded with ``torch.load(..., weights_only
 ``best.pt`` and ``last.pt`` are dicts with::
 
     format="ctrkit-torch-checkpoint", version=1, kind="best"|"last", ctrkit_version, torch_version,
-    model_name (registry name), hparams (dict given to build_torch_model), schema (Schema.to_dict()),
+    model_name (registry name), hparams (every constructor keyword of the model, defaults included:
+    ctrkit.registry.resolved_hparams), schema (Schema.to_dict()),
     config (TrainConfig.to_dict()), model (state_dict, CPU tensors)
 
 ``best.pt`` adds ``epoch`` (1-based) and ``valid`` (its validation metrics); ``last.pt`` adds
@@ -39,6 +40,26 @@ fsync, ``os.replace``) and are always loaded with ``torch.load(..., weights_only
 MT19937 keys as an int64 tensor plus position/gauss, python's state as a list) and ``progress``
 (:class:`Progress`: epoch, batch within the epoch, step, best AUC/epoch, epochs without improvement,
 stop reason, history, the epoch's running loss sum and rows, world size).
+
+Faults (each a one-line :class:`~ctrkit.errors.CtrkitError`, nothing half-written):
+
+* divergence — a non-finite training loss (checked at every ``log_every`` step, before every
+  checkpoint and at each epoch end, where the loss sum is read back from the device anyway) or
+  non-finite weights before a checkpoint stop training with :class:`TrainingDivergedError`; the
+  checkpoints keep the last finite weights. A non-finite validation score never counts as an
+  improvement. An epoch loss far above that of a constant prediction gets a warning.
+* the run directory — a directory holding a previous run needs ``resume`` or ``overwrite``; it
+  is locked for the whole run (:func:`ctrkit.fileio.target_lock`), and what killed runs left in it
+  (``.last.pt.tmp-<pid>``) is removed at the start.
+* preemption — in a single-process run, SIGINT or SIGTERM finishes the current step, writes
+  ``last.pt`` and raises :class:`TrainingInterrupted` (exit code 128 + the signal number); a
+  second signal stops at once (the atomic writes keep the previous files). Under DDP the signals
+  keep their default behaviour: the ranks would have to agree on the step to stop at.
+* broken checkpoints — every loaded checkpoint is checked (entries and their types, tensor
+  shapes against the model its schema and hyper-parameters describe, built first on the
+  ``meta`` device so an absurd vocabulary allocates nothing, finite weights).
+* disk full — a checkpoint or ``metrics.json`` that cannot be written is an
+  :class:`~ctrkit.errors.OutputError` that says which previous files are intact.
 
 Determinism: ``--seed`` seeds python, numpy and torch; on CPU the trainer also switches on
 ``torch.use_deterministic_algorithms(True, warn_only=True)`` (process-wide, without its NaN-filling
@@ -52,17 +73,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import errno
 import gc
 import json
 import math
 import os
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -73,8 +99,18 @@ from torch import nn
 from ctrkit import __version__
 from ctrkit.config import TrainConfig
 from ctrkit.data.batches import BatchReader
+from ctrkit.data.contract import check_batch
 from ctrkit.data.store import Store
-from ctrkit.errors import ConfigError, InputError, StoreError
+from ctrkit.errors import ConfigError, CtrkitError, InputError, OutputError, StoreError
+from ctrkit.fileio import (
+    atomic_output,
+    clean_directory_debris,
+    is_disk_full,
+    json_safe,  # noqa: F401 (moved to ctrkit.fileio; `from ctrkit.pytorch.trainer import json_safe` still works)
+    os_error_message,
+    target_lock,
+    write_json_atomic,
+)
 from ctrkit.metrics import binary_metrics
 from ctrkit.pytorch.layers import Bias, EmbeddingTable
 from ctrkit.pytorch.loader import make_loader, to_tensors
@@ -86,6 +122,12 @@ CHECKPOINT_VERSION = 1
 LAST = "last.pt"
 BEST = "best.pt"
 METRICS = "metrics.json"
+TENSORBOARD = "tensorboard"
+#: What a run leaves in its ``model_save_dir``: a directory holding any of them holds a run.
+RUN_FILES = (BEST, LAST, METRICS, TENSORBOARD)
+#: An epoch's mean training loss above this is far worse than predicting 50 % for every row
+#: (BCE log 2), itself no better than the base rate: a sign of a too high learning rate.
+LOSS_WARNING_FACTOR = 10.0
 
 _NORM_TYPES = (
     nn.modules.batchnorm._BatchNorm,
@@ -202,24 +244,51 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Errors of a training run
+# ---------------------------------------------------------------------------------------------
+class TrainingDivergedError(CtrkitError):
+    """The training loss or the weights became non-finite; the checkpoints keep the last finite weights."""
+
+
+class TrainingInterrupted(CtrkitError):
+    """SIGINT or SIGTERM stopped training; ``exit_code`` is the shell's ``128 + signal number``."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+
+    def __reduce__(self):  # picklable with both arguments (errors travel between DDP ranks)
+        return type(self), (str(self), self.signum)
+
+
+# ---------------------------------------------------------------------------------------------
 # Checkpoint files
 # ---------------------------------------------------------------------------------------------
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically: a temporary file in the same directory, fsync, ``os.replace``.
+#: Entries every checkpoint has, with their types; ``last.pt`` adds :data:`_RESUME_ENTRIES`.
+_CHECKPOINT_ENTRIES = {"format": str, "version": int, "kind": str, "model_name": str, "hparams": dict,
+                       "schema": dict, "config": dict, "model": dict}
+_RESUME_ENTRIES = {"optimizer": dict, "scheduler": dict, "progress": dict, "rng": dict}
 
-    A reader therefore sees the previous complete file or the new complete file, never a torn one,
-    even if the process is killed while writing.
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], *, kept: str | None = None) -> None:
+    """Write ``payload`` atomically (:func:`ctrkit.fileio.atomic_output`).
+
+    A reader sees the previous complete file or the new complete file, never a torn one, even if
+    the process is killed while writing. A full disk is an :class:`OutputError` saying what was
+    kept (``kept``, by default the previous file): torch's zip writer reports it as
+    ``RuntimeError: [enforce fail at inline_container.cc]`` with the ``OSError`` as its context.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
+    with atomic_output(path, "wb", flag="--model_save_dir", kept=kept) as handle:
+        try:
             torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        except RuntimeError as exc:
+            cause = exc.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            if is_disk_full(exc):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+            raise
 
 
 def checkpoint_path(path: str | os.PathLike) -> Path:
@@ -229,19 +298,310 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint (tensors on CPU) with ``weights_only=True``; clear errors for bad files."""
+    """Load a checkpoint (tensors on CPU) with ``weights_only=True`` and check it (:func:`check_checkpoint`).
+
+    Raises:
+        InputError: one line naming the file and what is wrong with it.
+    """
     path = checkpoint_path(path)
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes): it is not a checkpoint, or it was never completely written")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/foreign files
-        raise InputError(f"{path} is not a readable ctrkit checkpoint: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"{path} is not a readable ctrkit checkpoint: {_first_line(exc)}") from None
+    check_checkpoint(payload, path)
+    return payload
+
+
+def check_checkpoint(payload: Any, path: str | os.PathLike) -> None:
+    """InputError unless ``payload`` has every entry of a ctrkit checkpoint, of the right type, and finite weights."""
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a ctrkit PyTorch checkpoint")
-    if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
+    _check_entries(payload, _CHECKPOINT_ENTRIES, path)
+    if payload["version"] > CHECKPOINT_VERSION:
         raise InputError(f"{path} has checkpoint version {payload['version']}, newer than this ctrkit reads")
-    return payload
+    state = payload["model"]
+    strange = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if strange is not None:
+        raise InputError(f"{path}: the weights entry {strange!r} is not a tensor; the checkpoint is damaged")
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise InputError(
+            f"{path}: weight {bad} holds NaN or infinite values (the run that wrote it diverged); "
+            "use a checkpoint written before that"
+        )
+
+
+def check_resume_entries(payload: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """InputError unless a ``last.pt`` holds what ``--resume`` needs (optimiser, scheduler, progress, RNG)."""
+    _check_entries(payload, _RESUME_ENTRIES, path)
+    progress = payload["progress"]
+    needed = [f.name for f in dataclasses.fields(Progress)] + ["epoch_loss_sum"]
+    missing = [name for name in needed if name not in progress]
+    if missing:
+        raise InputError(f"{path}: its 'progress' entry lacks {', '.join(missing)}; the checkpoint is damaged")
+    if not isinstance(progress["epoch_loss_sum"], torch.Tensor):
+        raise InputError(f"{path}: progress 'epoch_loss_sum' is not a tensor; the checkpoint is damaged")
+
+
+def _check_entries(payload: Mapping[str, Any], entries: Mapping[str, type], path: str | os.PathLike) -> None:
+    for key, kind in entries.items():
+        if key not in payload:
+            raise InputError(f"{path}: the checkpoint has no {key!r} entry; it is damaged or was not written by ctrkit")
+        value = payload[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InputError(
+                f"{path}: the checkpoint's {key!r} entry is a {type(value).__name__}, not a {kind.__name__}; "
+                "it is damaged"
+            )
+
+
+def first_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor holding NaN or an infinity, or None."""
+    floats = [(name, t) for name, t in state.items() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not floats:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).cpu()  # one host sync
+    if bool(finite.all()):
+        return None
+    return floats[int(torch.argmin(finite.to(torch.uint8)))][0]
+
+
+def state_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str | None:
+    """The first weight that ``given`` lacks, adds, or has in another shape than ``expected``, or None.
+
+    ``expected`` may be the state of a model built on the ``meta`` device: only names and shapes
+    are compared, so nothing of the model's size is allocated.
+    """
+    missing = [k for k in expected if k not in given]
+    if missing:
+        return f"weight {missing[0]} is missing ({len(missing)} missing)"
+    unexpected = [k for k in given if k not in expected]
+    if unexpected:
+        return f"weight {unexpected[0]} is not part of the model ({len(unexpected)} such)"
+    for name, tensor in expected.items():
+        if tuple(given[name].shape) != tuple(tensor.shape):
+            return f"weight {name} has shape {list(given[name].shape)} where {list(tensor.shape)} is needed"
+    return None
+
+
+def check_state_fits(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
+                     path: str | os.PathLike, model: str) -> None:
+    """InputError naming ``path`` and the first weight that does not fit (:func:`state_mismatch`)."""
+    problem = state_mismatch(expected, given)
+    if problem is not None:
+        raise InputError(f"{path}: {problem} in the {model} that the checkpoint's schema and hyper-parameters "
+                         "describe; the checkpoint is damaged or was edited")
+
+
+def model_skeleton(name: str, schema: Schema, hparams: Mapping[str, Any]) -> nn.Module:
+    """The model ``name`` built on the ``meta`` device: its shapes, without memory or RNG draws."""
+    from ctrkit.registry import build_torch_model
+
+    with torch.device("meta"):
+        model, _ = build_torch_model(name, schema, dict(hparams))
+    return model
+
+
+def build_from_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike) -> tuple[nn.Module, Schema]:
+    """The model a checked checkpoint describes, with its weights; InputError naming the problem.
+
+    The shapes are compared on a ``meta`` skeleton first, so a schema with an absurd vocabulary
+    (or edited hyper-parameters) is refused before anything of that size is allocated.
+    """
+    from ctrkit.registry import build_torch_model
+
+    try:
+        schema = Schema.from_dict(payload["schema"])
+    except StoreError as exc:
+        raise InputError(f"{path}: the checkpoint's schema is damaged: {exc}") from None
+    name, hparams = payload["model_name"], dict(payload["hparams"])
+    try:
+        skeleton = model_skeleton(name, schema, hparams)
+    except ConfigError as exc:
+        raise InputError(f"{path}: cannot rebuild the checkpoint's model: {exc}") from None
+    check_state_fits(skeleton.state_dict(), payload["model"], path, name)
+    model, _ = build_torch_model(name, schema, hparams)
+    load_weights(model, payload["model"], path)
+    return model, schema
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """``model.load_state_dict(state)`` with torch's multi-line errors as one InputError naming ``path``."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: its weights do not fit the model: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type (``EOFError()`` has no text)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Run policy: the run directory, divergence, signals (no torch; framework-neutral)
+# ---------------------------------------------------------------------------------------------
+def check_run_directory(save_dir: Path) -> None:
+    """OutputError unless ``save_dir`` is a directory or can be made one; creates nothing.
+
+    Catches an existing file at the path or above it (``file/sub``) and an unwritable parent
+    before any work; what only ``mkdir`` can tell (``/proc/x``) :func:`create_run_directory` reports.
+    """
+    if save_dir.exists() and not save_dir.is_dir():
+        raise OutputError(f"--model_save_dir {save_dir}: is a file, not a directory")
+    ancestor = save_dir
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"--model_save_dir {save_dir}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"--model_save_dir {save_dir}: directory {ancestor} is not writable")
+
+
+def create_run_directory(save_dir: Path) -> None:
+    """``mkdir -p save_dir``; a failure is one OutputError line."""
+    check_run_directory(save_dir)
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--model_save_dir {save_dir}: cannot create it: {os_error_message(exc)}") from None
+
+
+def previous_run_files(save_dir: Path) -> list[str]:
+    """The :data:`RUN_FILES` present in ``save_dir`` (an empty TensorBoard folder does not count)."""
+    found = []
+    for name in RUN_FILES:
+        path = save_dir / name
+        if path.is_dir():
+            if any(p.is_file() for p in path.rglob("*")):
+                found.append(name)
+        elif path.exists():
+            found.append(name)
+    return found
+
+
+def describe_previous_run(save_dir: Path) -> str:
+    """``a finished deepfm run`` / ``an unfinished run``, from its ``metrics.json`` where readable."""
+    try:
+        metrics = json.loads((save_dir / METRICS).read_text())
+    except (OSError, ValueError):
+        metrics = {}
+    if not isinstance(metrics, dict):
+        metrics = {}
+    model = metrics.get("model") if isinstance(metrics.get("model"), str) else ""
+    finished = metrics.get("stopped") in ("completed", "early_stopping")
+    return f"{'a finished' if finished else 'an unfinished'} {model + ' ' if model else ''}run"
+
+
+def check_previous_run(save_dir: Path, *, resume: bool, overwrite: bool) -> list[str]:
+    """The previous run's files that ``overwrite`` replaces; ConfigError if neither flag allows them."""
+    files = previous_run_files(save_dir) if save_dir.is_dir() else []
+    if files and not resume and not overwrite:
+        raise ConfigError(
+            f"{save_dir} holds {describe_previous_run(save_dir)} ({', '.join(files)}); "
+            "pass --resume to continue it or --overwrite to replace it"
+        )
+    return [] if resume else files
+
+
+@contextlib.contextmanager
+def open_run_directory(save_dir: Path, *, resume: bool, overwrite: bool,
+                       log: Callable[[str], None]) -> Iterator[None]:
+    """Create and lock ``save_dir`` for one run; tidy it first (debris, ``--overwrite``).
+
+    The lock (:func:`ctrkit.fileio.target_lock`) is held until the run ends, so a second training
+    into the same directory fails at once, naming the first. Debris of killed runs
+    (``.last.pt.tmp-<pid>`` of a dead pid) is removed; with ``overwrite`` the previous run's files
+    are removed too, so that nothing of it (TensorBoard events included) mixes with the new one.
+    """
+    create_run_directory(save_dir)
+    with target_lock(save_dir, "training"):
+        for line in clean_directory_debris(save_dir):
+            log(line)
+        replaced = check_previous_run(save_dir, resume=resume, overwrite=overwrite)
+        for name in replaced:
+            path = save_dir / name
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except OSError as exc:
+                raise OutputError(f"--overwrite: cannot remove {path}: {os_error_message(exc)}") from None
+        if replaced:
+            log(f"--overwrite: removed the previous run's {', '.join(replaced)} from {save_dir}")
+        yield
+
+
+def is_improvement(score: Mapping[str, float], best_auc: float) -> bool:
+    """A validation result beats the best so far only with a finite AUC and logloss above it.
+
+    (``nan > x`` is already False, but a NaN logloss with a finite AUC, or an infinite AUC, would
+    otherwise slip through.)
+    """
+    auc_value, logloss_value = float(score["auc"]), float(score["logloss"])
+    return math.isfinite(auc_value) and math.isfinite(logloss_value) and auc_value > best_auc
+
+
+def base_rate_loss(ctr: float) -> float:
+    """BCE of predicting the constant ``ctr`` for every row (the loss of knowing only the base rate)."""
+    if not 0.0 < ctr < 1.0:
+        return 0.0
+    return -(ctr * math.log(ctr) + (1.0 - ctr) * math.log(1.0 - ctr))
+
+
+def high_loss_warning(epoch: int, train_loss: float, ctr: float, lr: float) -> str | None:
+    """A warning when an epoch's loss is far above that of a constant prediction, else None."""
+    limit = LOSS_WARNING_FACTOR * math.log(2.0)
+    if not train_loss > limit:
+        return None
+    base = f"; predicting the training CTR {ctr:.3g} for every row gives {base_rate_loss(ctr):.3f}" if 0 < ctr < 1 else ""
+    return (f"warning: epoch {epoch} train_loss {train_loss:.6g} is far above {math.log(2.0):.3f}, the loss of "
+            f"predicting 50 % for every row{base}: the learning rate (--lr {lr:g}) is probably too high")
+
+
+class StopSignals:
+    """SIGINT and SIGTERM while training: remember the first and let the trainer stop after the step.
+
+    Installed only in the main thread (Python's rule for signal handlers); elsewhere ``received``
+    stays None and the signals keep their previous handlers. A second signal raises
+    :class:`TrainingInterrupted` at once: the atomic writes leave every file complete.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+            return
+        raise TrainingInterrupted(
+            f"interrupted again by {signal.Signals(signum).name} while stopping; stopped at once, "
+            "the files in --model_save_dir are those of the last complete write", signum
+        )
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +679,9 @@ def _spawn_entry(rank: int, model: nn.Module, config: TrainConfig, store_path: s
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=rendezvous, rank=rank, world_size=world)
     # the model arrives in shared memory, one storage for all ranks: give this rank its own copy
     model = copy.deepcopy(model)
-    Trainer(model, config)._run(Store(store_path), (rank, world, rank))
+    trainer = Trainer(model, config)
+    trainer._directory_ready = True  # the launching process created, tidied and locked it
+    trainer._run(Store(store_path), (rank, world, rank))
     _close_group(device)
 
 
@@ -375,10 +737,20 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, *, schema: Schema | None = None):
+        from ctrkit.registry import HPARAMS_ATTRIBUTE, model_name_of, resolved_hparams
+
+        name = model_name_of(model)
+        if not config.model and name:  # the registry knows the model: TrainConfig need not repeat it
+            config = dataclasses.replace(config, model=name)
         self.config = config.validate()
+        if name and name != self.config.model:
+            raise ConfigError(f"TrainConfig.model is {self.config.model!r}, but the model is a {name}")
         self.model = model
         self.schema = schema
-        self.hparams = config.hparams()
+        # what the model was built with (defaults included), so that its checkpoints rebuild it
+        recorded = getattr(model, HPARAMS_ATTRIBUTE, None)
+        self.hparams = dict(recorded) if recorded is not None else resolved_hparams(
+            self.config.model, self.config.hparams())
         self.ctx = ProcessContext()
         if config.gpu_ids:
             check_gpu_ids(config.gpu_ids)
@@ -393,6 +765,10 @@ class Trainer:
         self._collect_reg = False
         self._writer = None
         self._epoch_loss_sum = torch.zeros((), dtype=torch.float64)  # BCE * rows of the epoch so far
+        self._directory_ready = False  # True in a spawned rank: the launching process holds the lock
+        self._signals = StopSignals()
+        self._saved_last = ""  # where the last.pt on disk stands ("epoch 2, step 30"), for messages
+        self._saved_best = 0  # epoch of the best.pt on disk
 
     # -- construction from a checkpoint ------------------------------------------------------
     @classmethod
@@ -402,17 +778,15 @@ class Trainer:
         ``overrides`` replace training options, e.g. ``gpu_ids=[]`` or ``eval_batch_size=8192``;
         the device options default to CPU in a single process.
         """
-        from ctrkit.registry import build_torch_model
-
         payload = load_checkpoint(path)
-        schema = Schema.from_dict(payload["schema"])
-        model, _ = build_torch_model(payload["model_name"], schema, dict(payload["hparams"]))
-        model.load_state_dict(payload["model"])
-        options = {**payload["config"], "gpu_ids": [], "cpu_processes": 0, "resume": False, **overrides}
-        config = TrainConfig.from_dict(options, strict=False)
-        trainer = cls(model, config, schema=schema)
-        trainer.hparams = dict(payload["hparams"])
-        return trainer
+        model, schema = build_from_checkpoint(payload, checkpoint_path(path))
+        options = {**payload["config"], "model": payload["model_name"], "gpu_ids": [], "cpu_processes": 0,
+                   "resume": False, "overwrite": False, **overrides}
+        try:
+            config = TrainConfig.from_dict(options, strict=False)
+        except ConfigError as exc:
+            raise InputError(f"{checkpoint_path(path)}: the checkpoint's training options are damaged: {exc}") from None
+        return cls(model, config, schema=schema)
 
     @property
     def device(self) -> torch.device:
@@ -426,9 +800,13 @@ class Trainer:
         torchrun group); the returned metrics are then read back from ``metrics.json``.
         """
         store = store if isinstance(store, Store) else Store(store)
+        self._check_schema(store)
+        self._check_rebuildable()
         env = torchrun_env()
         if env is None and self.config.world_size > 1:
-            return self._spawn(store)
+            cfg = self.config
+            with open_run_directory(cfg.save_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=self._log):
+                return self._spawn(store)
         return self._run(store, env)
 
     def evaluate(self, store: Store | str | os.PathLike, split: str = "test") -> dict[str, Any]:
@@ -442,13 +820,30 @@ class Trainer:
         return {"split": split, **binary_metrics(labels, probs)}
 
     def predict(self, batches: BatchReader | Iterable[Mapping[str, Any]]) -> np.ndarray:
-        """Click probabilities (float64 ``[N]``) for a reader's epoch 0 or any iterable of batches."""
+        """Click probabilities (float64 ``[N]``) for a reader's epoch 0 or any iterable of batches.
+
+        Batches that do not come from a :class:`BatchReader` (whose store checks every chunk) are
+        checked against the schema first (:func:`ctrkit.data.contract.check_batch`): an id outside
+        its field's vocabulary would otherwise read another field's embedding rows.
+        """
         self.model.to(self.device)
-        iterable = batches.iter_epoch(0) if isinstance(batches, BatchReader) else batches
+        if isinstance(batches, BatchReader):
+            iterable = batches.iter_epoch(0)
+        else:
+            iterable = (self._checked_batch(b, i) for i, b in enumerate(batches))
         probs = [self._predict_batch(self._to_device(_as_tensors(b))) for b in iterable]
         if not probs:
             return np.zeros(0)
         return torch.cat(probs).double().cpu().numpy()
+
+    def _checked_batch(self, batch: Mapping[str, Any], index: int) -> Mapping[str, Any]:
+        """``batch`` after :func:`check_batch` of its features (labels play no part in a prediction)."""
+        schema = self.schema or getattr(self.model, "schema", None)
+        if isinstance(schema, Schema):
+            features = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+                        for k, v in batch.items() if k != "label"}
+            check_batch(features, schema, where=f"batch {index} given to predict")
+        return batch
 
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(objective, bce)`` of one batch in training mode: the objective adds the embedding term."""
@@ -507,7 +902,7 @@ class Trainer:
             del rendezvous
         best = self.config.save_dir / BEST
         if best.is_file():
-            self.model.load_state_dict(load_checkpoint(best)["model"])
+            load_weights(self.model, load_checkpoint(best)["model"], best)
         return json.loads((self.config.save_dir / METRICS).read_text())
 
     def _run(self, store: Store, env: tuple[int, int, int] | None) -> dict[str, Any]:
@@ -569,8 +964,66 @@ class Trainer:
         if self.ctx.is_main:
             print(message, flush=True)
 
+    def _warn(self, message: str) -> None:
+        if self.ctx.is_main:
+            print(message, file=sys.stderr, flush=True)
+
+    def _on_main(self, action: Callable[[], Any]) -> Any:
+        """``action()`` on rank 0 and its result on every rank; a user error there is raised on every rank.
+
+        (Raised on rank 0 alone, it would leave the other ranks waiting in their next collective.)
+        """
+        result, failure = None, None
+        if self.ctx.is_main:
+            try:
+                result = action()
+            except CtrkitError as exc:
+                failure = exc
+        if self.ctx.distributed:
+            result, failure = self._broadcast_object((result, failure))
+        if failure is not None:
+            raise failure
+        return result
+
+    def _check_rebuildable(self) -> None:
+        """Refuse, before training, a model that its checkpoints could not rebuild.
+
+        A checkpoint records ``config.model`` and :attr:`hparams`; ``evaluate`` builds that model
+        again. A registered model built by hand with other hyper-parameters than those (say
+        ``DeepFM(schema, embed_size=8)`` with a default config) would train for hours and leave a
+        checkpoint nothing can load, so it is a ConfigError now. A model the registry does not know
+        gets a warning: its checkpoints hold its weights, but only its own code can rebuild it.
+        """
+        from ctrkit.registry import model_name_of
+
+        try:
+            skeleton = model_skeleton(self.config.model, self.schema, self.hparams)
+        except ConfigError as exc:
+            raise ConfigError(f"the model's recorded hyper-parameters do not build a {self.config.model}: {exc}") from None
+        problem = state_mismatch(skeleton.state_dict(), self.model.state_dict())
+        if problem is None:
+            return
+        if model_name_of(self.model) is None:
+            self._warn(f"warning: {type(self.model).__name__} is not a model of the ctrkit registry; its checkpoints "
+                       f"hold its weights, but `ctrkit evaluate` would rebuild a {self.config.model} and fail")
+            return
+        raise ConfigError(
+            f"the model does not match the {self.config.model} its checkpoints would describe "
+            f"(hyper-parameters {self.hparams}): {problem}; build it with "
+            "ctrkit.registry.build_torch_model, which records its hyper-parameters, or set them in TrainConfig"
+        )
+
     # -- the training run ------------------------------------------------------------------------
     def _train(self, store: Store) -> dict[str, Any]:
+        """Train with the run directory created, tidied and locked (by rank 0, unless a launcher did)."""
+        cfg = self.config
+        with contextlib.ExitStack() as stack:
+            if not self._directory_ready:
+                self._on_main(lambda: stack.enter_context(
+                    open_run_directory(cfg.save_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=self._log)))
+            return self._train_in_directory(store)
+
+    def _train_in_directory(self, store: Store) -> dict[str, Any]:
         cfg, ctx = self.config, self.ctx
         self._setup_process()
         set_seed(cfg.seed)
@@ -591,6 +1044,7 @@ class Trainer:
         )
         self.progress = Progress()
         self._epoch_loss_sum = torch.zeros((), dtype=torch.float64)
+        self._saved_last, self._saved_best = "", 0
         if cfg.resume:
             self._restore(cfg.save_dir / LAST)
         self._train_model = self._wrap_ddp(store) if ctx.distributed else model
@@ -599,10 +1053,13 @@ class Trainer:
             rank=ctx.rank, world_size=ctx.world_size, even_shards=True, drop_last=False,
         )
         if ctx.is_main:
-            cfg.save_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = _summary_writer(cfg.save_dir / "tensorboard", self.progress.step if cfg.resume else None)
+            self._writer = _summary_writer(cfg.save_dir / TENSORBOARD, self.progress.step if cfg.resume else None)
+        self._signals = StopSignals()  # a fresh one per run: an earlier run's signal is spent
         try:
-            stopped, rows_per_s = self._epochs(store, reader)
+            # SIGINT/SIGTERM end a single-process run cleanly after a step; under DDP all ranks would
+            # have to agree on that step (a collective per step), so there they keep their defaults
+            with self._signals if not ctx.distributed else contextlib.nullcontext():
+                stopped, rows_per_s = self._epochs(store, reader)
             return self._finish(store, stopped, rows_per_s)
         finally:
             if self._writer is not None:
@@ -644,6 +1101,8 @@ class Trainer:
             if not completed:
                 return "max_steps", rows_total / max(seconds_total, 1e-9)
             self._end_epoch(store, train_loss, rows / max(seconds, 1e-9), seconds)
+            if self._signals.received is not None:  # arrived during validation: last.pt is written
+                raise self._interrupted()
             if progress.stopped:
                 break
             if cfg.max_steps and progress.step >= cfg.max_steps:
@@ -672,20 +1131,82 @@ class Trainer:
                 progress.step += 1
                 progress.batch += 1
                 if progress.step % cfg.log_every == 0:
+                    self._check_loss(loss_sum)  # the same host sync as the log's
                     self._log_step(bar, loss, progress.batch - last_logged, rows, start)
                     last_logged = progress.batch
                 if self.step_hook is not None:
                     self.step_hook(progress.step)
+                if self._signals.received is not None:
+                    self._check_loss(loss_sum)
+                    self._save_last()
+                    raise self._interrupted()
                 if cfg.max_steps and progress.step >= cfg.max_steps and progress.batch < total:
+                    self._check_loss(loss_sum)
                     self._save_last()
                     return False, rows * ctx.world_size, time.perf_counter() - start, float("nan")
                 if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and progress.batch < total:
+                    self._check_loss(loss_sum)
                     self._save_last()
         finally:
             bar.close()
         seconds = time.perf_counter() - start
         loss_sum, loss_rows = self._reduce_sum(loss_sum), self._reduce_sum(progress.epoch_loss_rows)
-        return True, rows * ctx.world_size, seconds, float(loss_sum) / max(float(loss_rows), 1.0)
+        train_loss = float(loss_sum) / max(float(loss_rows), 1.0)
+        if not math.isfinite(train_loss):
+            raise self._diverged(f"the epoch's training loss is {train_loss}")
+        return True, rows * ctx.world_size, seconds, train_loss
+
+    def _check_loss(self, loss_sum: torch.Tensor) -> None:
+        """TrainingDivergedError once the epoch's running loss sum (summed over ranks) is not finite.
+
+        A sum of non-negative BCE terms is finite exactly when every term was, so one read-back
+        covers every step since the epoch began.
+        """
+        total = self._reduce_sum(loss_sum)
+        if not math.isfinite(total):
+            raise self._diverged(f"the training loss became {total}")
+
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        """The error that ends a diverged run (``metrics.json`` says ``stopped: diverged``)."""
+        cfg, progress = self.config, self.progress
+        self._write_metrics(self._summary("diverged", 0.0, None))
+        kept = self._kept_checkpoints()
+        kept = f"{kept} in {cfg.save_dir} keep the last finite weights" if kept else "no checkpoint was written"
+        return TrainingDivergedError(
+            f"training diverged: {what} by epoch {progress.epoch + 1}, step {progress.step} "
+            f"(--optimizer {cfg.optimizer} --lr {cfg.lr:g}); {kept}; lower --lr and train again"
+        )
+
+    def _interrupted(self) -> TrainingInterrupted:
+        """The error that ends a run stopped by a signal, once ``last.pt`` is written."""
+        self._write_metrics(self._summary("interrupted", 0.0, None))
+        return TrainingInterrupted(
+            f"interrupted by {self._signals.name} at {self._position()}; {LAST} saved; continue with --resume",
+            self._signals.received,
+        )
+
+    def _position(self) -> str:
+        progress = self.progress
+        if progress.batch == 0 and progress.epoch > 0:
+            return f"the end of epoch {progress.epoch}, step {progress.step}"
+        return f"epoch {progress.epoch + 1}, step {progress.step}"
+
+    def _kept_checkpoints(self) -> str:
+        """``last.pt (epoch 2, step 30) and best.pt (epoch 1)``: this run's checkpoints on disk, or ""."""
+        parts = [f"{LAST} ({self._saved_last})"] if self._saved_last else []
+        parts += [f"{BEST} (epoch {self._saved_best})"] if self._saved_best else []
+        return " and ".join(parts)
+
+    def _kept_note(self) -> str:
+        """What a failed checkpoint write leaves, for :class:`OutputError` messages."""
+        kept = self._kept_checkpoints()
+        return f"the previous {kept} are intact" if kept else "no checkpoint of this run had been written yet"
+
+    def _check_weights(self) -> None:
+        """TrainingDivergedError before a checkpoint would store NaN or infinite weights."""
+        bad = first_non_finite(self.model.state_dict())
+        if bad is not None:
+            raise self._diverged(f"weight {bad} became NaN or infinite")
 
     def _step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """One optimiser step; returns the batch's BCE (detached, on device, no host sync)."""
@@ -701,7 +1222,10 @@ class Trainer:
         valid = self._evaluate_distributed(store, "valid")
         lr = self.optimizer.param_groups[0]["lr"]
         epoch = progress.epoch + 1
-        improved = valid["auc"] > progress.best_auc  # False for nan
+        improved = is_improvement(valid, progress.best_auc)
+        warning = high_loss_warning(epoch, train_loss, store.splits["train"].ctr, lr)
+        if warning:
+            self._warn(warning)
         if improved:
             progress.best_auc, progress.best_epoch, progress.bad_epochs = valid["auc"], epoch, 0
         else:
@@ -837,6 +1361,7 @@ class Trainer:
 
         The running loss of the epoch is saved summed over ranks; on resume rank 0 carries it.
         """
+        self._check_weights()  # the same on every rank: DDP keeps the weights equal
         loss_sum = self._reduce_sum(self._epoch_loss_sum)
         loss_rows = self._reduce_sum(self.progress.epoch_loss_rows)
         if self.ctx.is_main:
@@ -847,44 +1372,58 @@ class Trainer:
             progress["world_size"] = self.ctx.world_size
             payload.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                            progress=progress, rng=rng_state())
-            save_checkpoint(self.config.save_dir / LAST, payload)
+            save_checkpoint(self.config.save_dir / LAST, payload, kept=self._kept_note())
+        self._saved_last = self._position()
         self._barrier()
 
     def _save_best(self, epoch: int, valid: Mapping[str, Any]) -> None:
+        self._check_weights()
         if self.ctx.is_main:
             payload = self._payload("best")
             payload.update(epoch=epoch, valid={k: float(v) for k, v in valid.items()})
-            save_checkpoint(self.config.save_dir / BEST, payload)
+            save_checkpoint(self.config.save_dir / BEST, payload, kept=self._kept_note())
+        self._saved_best = epoch
         self._barrier()
 
     def _restore(self, path: Path) -> None:
         """Continue from ``last.pt``: weights, optimiser, scheduler, counters and RNG states."""
-        payload = self._broadcast_object(load_checkpoint(path) if self.ctx.is_main else None)
+        payload = self._on_main(lambda: _load_resumable(path))
         self._check_resumable(payload, path)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
+        check_state_fits(self.model.state_dict(), payload["model"], path, self.config.model)
+        load_weights(self.model, payload["model"], path)
         saved = dict(payload["progress"])
         loss_sum = saved.pop("epoch_loss_sum").double()
         saved.pop("world_size", None)
         if not self.ctx.is_main:  # rank 0 carries the ranks' summed running loss
             loss_sum, saved["epoch_loss_rows"] = torch.zeros_like(loss_sum), 0
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+            progress = Progress(**saved)
+            set_rng_state(payload["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise InputError(f"{path}: its training state (optimizer, scheduler, progress or RNG) is damaged: "
+                             f"{_first_line(exc)}") from None
         self._epoch_loss_sum = loss_sum
-        self.progress = Progress(**saved)
-        set_rng_state(payload["rng"])
+        self.progress = progress
         p = self.progress
+        self._saved_last, self._saved_best = self._position(), p.best_epoch
         self._log(f"resumed from {path}: epoch {p.epoch + 1}, batch {p.batch}, step {p.step}")
 
     def _check_resumable(self, payload: Mapping[str, Any], path: Path) -> None:
+        from ctrkit.registry import resolved_hparams
+
         old = payload["config"]
         if payload["model_name"] != self.config.model:
             raise ConfigError(
                 f"--resume: {path} holds a {payload['model_name']} model, not --model {self.config.model}"
             )
-        if dict(payload["hparams"]) != self.hparams:
-            raise ConfigError(
-                f"--resume: {path} was trained with hyper-parameters {dict(payload['hparams'])}, not {self.hparams}"
-            )
+        # resolved: checkpoints before ctrkit recorded defaults hold only the values a user set
+        saved = resolved_hparams(payload["model_name"], dict(payload["hparams"]))
+        if saved != self.hparams:
+            changed = sorted(k for k in set(saved) | set(self.hparams) if saved.get(k) != self.hparams.get(k))
+            shown = ", ".join(f"{k} {saved.get(k)!r}" for k in changed)
+            raise ConfigError(f"--resume: {path} was trained with {shown}; give the same hyper-parameters to resume it")
         for flag in ("batch_size", "seed", "optimizer"):
             if old.get(flag) != getattr(self.config, flag):
                 raise ConfigError(
@@ -901,12 +1440,10 @@ class Trainer:
     def _load_best(self) -> None:
         """Best weights (from ``best.pt``) into the model on every rank; current weights if none."""
         path = self.config.save_dir / BEST
-        state = None
-        if self.progress.best_epoch and self.ctx.is_main and path.is_file():
-            state = load_checkpoint(path)["model"]
-        state = self._broadcast_object(state)
+        state = self._on_main(
+            lambda: load_checkpoint(path)["model"] if self.progress.best_epoch and path.is_file() else None)
         if state is not None:
-            self.model.load_state_dict(state)
+            load_weights(self.model, state, path)
 
     # -- metrics.json -----------------------------------------------------------------------------
     def _summary(self, stopped: str, rows_per_s: float, test: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -929,17 +1466,20 @@ class Trainer:
         }
 
     def _write_metrics(self, summary: Mapping[str, Any]) -> None:
-        if not self.ctx.is_main:
-            return
-        path = self.config.save_dir / METRICS
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(json_safe(summary), indent=2) + "\n")
-        os.replace(tmp, path)
+        if self.ctx.is_main:
+            write_json_atomic(self.config.save_dir / METRICS, dict(summary), flag="--model_save_dir")
 
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
+def _load_resumable(path: Path) -> dict[str, Any]:
+    """``last.pt`` checked for everything ``--resume`` reads."""
+    payload = load_checkpoint(path)
+    check_resume_entries(payload, path)
+    return payload
+
+
 def _as_tensors(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     if all(isinstance(v, torch.Tensor) for v in batch.values()):
         return dict(batch)
@@ -952,10 +1492,14 @@ def _reraise_user_error(text: str) -> None:
 
     import ctrkit.errors as errors
 
+    own = {"TrainingDivergedError": TrainingDivergedError}
     for line in reversed(text.strip().splitlines()):
-        match = re.match(r"ctrkit\.errors\.(\w+): (.*)", line.strip())
-        if match and isinstance(getattr(errors, match.group(1), None), type):
-            raise getattr(errors, match.group(1))(match.group(2)) from None
+        match = re.match(r"ctrkit\.(?:errors|pytorch\.trainer)\.(\w+): (.*)", line.strip())
+        if not match:
+            continue
+        cls = own.get(match.group(1)) or getattr(errors, match.group(1), None)
+        if isinstance(cls, type):
+            raise cls(match.group(2)) from None
 
 
 def _gather_padded(tensor: torch.Tensor) -> torch.Tensor:
@@ -989,17 +1533,6 @@ def _summary_writer(log_dir: Path, purge_step: int | None):
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
-def json_safe(value: Any) -> Any:
-    """JSON has no NaN/Infinity: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 # Entry point used by `ctrkit train`
 # ---------------------------------------------------------------------------------------------
@@ -1028,6 +1561,9 @@ def train_from_config(config: TrainConfig, *, warn: Callable[[str], None] | None
     main_process = env is None or env[0] == 0
     if config.resume and main_process and not (config.save_dir / LAST).is_file():  # rank 0 reads it
         raise ConfigError(f"--resume: no checkpoint to resume from at {config.save_dir / LAST}")
+    if main_process:  # the path and a previous run, before any work (fit checks again under the lock)
+        check_run_directory(config.save_dir)
+        check_previous_run(config.save_dir, resume=config.resume, overwrite=config.overwrite)
     set_seed(config.seed)
     model, ignored = build_torch_model(config.model, store.schema, config.hparams())
     if ignored and warn is not None and main_process:

@@ -16,7 +16,7 @@ from _train_helpers import build_store, planted_schema  # noqa: E402
 
 from ctrkit.config import TrainConfig  # noqa: E402
 from ctrkit.data.batches import BatchReader  # noqa: E402
-from ctrkit.errors import ConfigError, InputError  # noqa: E402
+from ctrkit.errors import ConfigError, InputError, OutputError  # noqa: E402
 from ctrkit.metrics import auc  # noqa: E402
 from ctrkit.pytorch.layers import Bias, EmbeddingTable  # noqa: E402
 from ctrkit.pytorch.loader import to_tensors  # noqa: E402
@@ -285,7 +285,9 @@ def test_checkpoints_load_with_weights_only(store, tmp_path):
     for name in ("last.pt", "best.pt"):
         payload = torch.load(save_dir / name, map_location="cpu", weights_only=True)
         assert payload["format"] == "ctrkit-torch-checkpoint" and payload["model_name"] == "deepfm"
-        assert payload["hparams"] == {"embed_size": 4, "hidden_units": [16, 16]}
+        # every constructor keyword the model was built with, defaults included (issue 7, item 12)
+        assert payload["hparams"] == {"embed_size": 4, "hidden_units": [16, 16], "dropout": 0.0,
+                                      "batch_norm": False, "activation": "relu"}
         assert payload["schema"] == store.schema.to_dict()
         assert payload["config"]["batch_size"] == 128
         assert all(isinstance(v, torch.Tensor) for v in payload["model"].values())
@@ -306,7 +308,7 @@ def test_atomic_checkpoint_write_keeps_old_file_on_failure(tmp_path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full.*unchanged"):  # one line for the user, not an OSError
         save_checkpoint(path, {"value": torch.zeros(3)})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
