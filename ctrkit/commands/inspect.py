@@ -115,11 +115,10 @@ def verify_store(store, progress: bool | None = None) -> list[str]:
 
     from tqdm import tqdm
 
-    chunks = sum(info.num_chunks for info in store.splits.values())
     disable = None if progress is None else not progress
-    with tqdm(total=chunks, unit="chunks", desc="verify", file=sys.stderr, disable=disable) as bar:
+    with tqdm(total=None, unit="values", desc="verify", file=sys.stderr, disable=disable) as bar:
 
-        def on_progress(done: int, total: int) -> None:
+        def on_progress(done: int, total: int) -> None:  # total: chunks and arrays
             bar.total = total
             bar.update(done - bar.n)
 
