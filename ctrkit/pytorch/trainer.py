@@ -557,12 +557,14 @@ def base_rate_loss(ctr: float) -> float:
 
 def high_loss_warning(epoch: int, train_loss: float, ctr: float, lr: float) -> str | None:
     """A warning when an epoch's loss is far above that of a constant prediction, else None."""
-    limit = LOSS_WARNING_FACTOR * math.log(2.0)
-    if not train_loss > limit:
+    if not train_loss > LOSS_WARNING_FACTOR * math.log(2.0):
         return None
-    base = f"; predicting the training CTR {ctr:.3g} for every row gives {base_rate_loss(ctr):.3f}" if 0 < ctr < 1 else ""
-    return (f"warning: epoch {epoch} train_loss {train_loss:.6g} is far above {math.log(2.0):.3f}, the loss of "
-            f"predicting 50 % for every row{base}: the learning rate (--lr {lr:g}) is probably too high")
+    if 0.0 < ctr < 1.0:
+        constant = f"{base_rate_loss(ctr):.3f}, the loss of predicting the training CTR {ctr:.3g} for every row"
+    else:
+        constant = f"{math.log(2.0):.3f}, the loss of predicting 50 % for every row"
+    return (f"warning: epoch {epoch} train_loss {train_loss:.6g} is far above {constant}; "
+            f"the learning rate (--lr {lr:g}) is probably too high")
 
 
 class StopSignals:
@@ -1168,13 +1170,13 @@ class Trainer:
 
     def _diverged(self, what: str) -> TrainingDivergedError:
         """The error that ends a diverged run (``metrics.json`` says ``stopped: diverged``)."""
-        cfg, progress = self.config, self.progress
+        cfg = self.config
         self._write_metrics(self._summary("diverged", 0.0, None))
         kept = self._kept_checkpoints()
         kept = f"{kept} in {cfg.save_dir} keep the last finite weights" if kept else "no checkpoint was written"
         return TrainingDivergedError(
-            f"training diverged: {what} by epoch {progress.epoch + 1}, step {progress.step} "
-            f"(--optimizer {cfg.optimizer} --lr {cfg.lr:g}); {kept}; lower --lr and train again"
+            f"training diverged: {what} by {self._position()} (--optimizer {cfg.optimizer} --lr {cfg.lr:g}); "
+            f"{kept}; lower --lr and train again"
         )
 
     def _interrupted(self) -> TrainingInterrupted:
