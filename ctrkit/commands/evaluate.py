@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import sys
 from pathlib import Path
 
 
@@ -17,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or model_save_dir (uses best.pt)")
     parser.add_argument("--data", required=True, metavar="STORE", help="store built by `ctrkit preprocess`")
     parser.add_argument("--split", default="test", help="split to evaluate [default: test]")
-    parser.add_argument("--out", metavar="JSON", help="also write the metrics to this JSON file")
+    parser.add_argument("--out", metavar="JSON", help="also write the metrics to this JSON file (- for stdout)")
     add_inference_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -69,31 +68,44 @@ def load_trainer(checkpoint: str, overrides: dict):
     return Trainer.from_checkpoint(checkpoint, **overrides)
 
 
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def inference_inputs(args: argparse.Namespace) -> list[Path]:
+    """The files ``evaluate``/``predict`` read: ``--out`` must be none of them."""
+    checkpoint, store = Path(args.checkpoint), Path(args.data)
+    inputs = [checkpoint, checkpoint / "best.pt", store / "data.mdb", store / "lock.mdb"]
+    raw = getattr(args, "raw", None)
+    return inputs + ([Path(raw)] if raw else [])
+
+
+def summary_stream(out: str | None):
+    """Where a command's summary goes: stderr when its output itself is stdout (``-``)."""
+    from ctrkit.fileio import STDOUT
+
+    return sys.stderr if out == STDOUT else sys.stdout
+
+
+def output_name(out: str) -> str:
+    """``out`` as the summary names it."""
+    from ctrkit.fileio import STDOUT
+
+    return "stdout" if out == STDOUT else str(out)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctrkit.errors import ConfigError, StoreError
+    from ctrkit.errors import StoreError
+    from ctrkit.fileio import check_output_path, write_json_atomic
 
     overrides = inference_overrides(args)
-    if args.out and not Path(args.out).resolve().parent.is_dir():
-        raise ConfigError(f"--out {args.out}: directory {Path(args.out).parent} does not exist")
+    inputs = inference_inputs(args)
+    if args.out:  # before anything is read: a bad --out must not cost an evaluation
+        check_output_path(args.out, inputs=inputs)
     store = open_store(args.data)
     if args.split not in store.splits:
         raise StoreError(f"--split {args.split}: store {store.path} has splits {', '.join(sorted(store.splits))}")
     trainer = load_trainer(args.checkpoint, overrides)
     metrics = trainer.evaluate(store, args.split)
     metrics["checkpoint"] = str(args.checkpoint)
-    print(f"{args.split}: auc {metrics['auc']:.6f}  logloss {metrics['logloss']:.6f}  rows {metrics['rows']}")
+    print(f"{args.split}: auc {metrics['auc']:.6f}  logloss {metrics['logloss']:.6f}  rows {metrics['rows']}",
+          file=summary_stream(args.out))
     if args.out:
-        from ctrkit.pytorch.trainer import json_safe
-
-        write_json_atomic(args.out, json_safe(metrics))
+        write_json_atomic(args.out, metrics, inputs=inputs)
     return 0

@@ -6,7 +6,9 @@ Example::
 
 writes ``data/synth.tsv`` (Criteo Kaggle TSV) and ``data/synth.tsv.probs.npy`` (the true click
 probability of every row, float32), and prints the CTR and the oracle AUC. See
-:mod:`ctrkit.data.synthetic` for the planted model.
+:mod:`ctrkit.data.synthetic` for the planted model. ``OUT`` may be ``-`` (stdout; the summary then
+goes to stderr), a device or a FIFO: those are written in place, and the probabilities only where
+``--probs`` says.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("format", choices=FORMATS, help="raw format to write")
-    parser.add_argument("out", help="output file (written atomically)")
+    parser.add_argument("out", help="output file (written atomically); - for stdout, a device or FIFO is written in place")
+    parser.add_argument("--probs", metavar="PATH",
+                        help="where the true probabilities go [default: OUT.probs.npy; "
+                             "not written when OUT is -, a device or a FIFO]")
     parser.add_argument("--rows", type=int, default=100_000,
                         help="number of rows (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
@@ -42,19 +47,22 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from ctrkit.commands.evaluate import output_name, summary_stream
     from ctrkit.data.synthetic import write_synthetic_criteo
 
     start = time.perf_counter()
     if args.format == "criteo":
         summary = write_synthetic_criteo(args.out, args.rows, args.seed,
-                                         unlabeled=args.unlabeled)
+                                         unlabeled=args.unlabeled, probs_out=args.probs)
     else:  # pragma: no cover - argparse restricts the choices
         raise AssertionError(args.format)
     seconds = time.perf_counter() - start
     layout = "39 fields, unlabeled" if summary.unlabeled else "40 fields"
     label_note = " (labels not written)" if summary.unlabeled else ""
-    print(f"wrote {summary.rows:,} rows ({layout}) to {summary.path} in {seconds:.1f} s")
+    report = summary_stream(args.out)  # with OUT = -, stdout holds only the rows
+    print(f"wrote {summary.rows:,} rows ({layout}) to {output_name(summary.path)} in {seconds:.1f} s", file=report)
     print(f"  CTR {summary.ctr:.4f}{label_note}, oracle AUC {summary.oracle_auc:.4f}, "
-          f"seed {summary.seed}")
-    print(f"  true click probabilities: {summary.probs_path}")
+          f"seed {summary.seed}", file=report)
+    probs = summary.probs_path or f"not written ({args.out} is not a regular file; give --probs PATH)"
+    print(f"  true click probabilities: {probs}", file=report)
     return 0

@@ -7,7 +7,7 @@ possible AUC (the *oracle* AUC).
 
 Only the Criteo Kaggle format exists so far (:func:`write_synthetic_criteo`); the helpers at the
 top of this module (counter-seeded row chunks, Zipf sampling, 32-bit value hashes, rank AUC,
-atomic output) are format-independent, so that other formats (e.g. Taobao) can be added beside it.
+the checks of the output paths) are format-independent, so that other formats (e.g. Taobao) can be added beside it.
 
 Criteo format
 -------------
@@ -85,12 +85,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ctrkit.errors import ConfigError, InputError
+from ctrkit.fileio import atomic_output, check_output_path, is_stream
 
 # ---------------------------------------------------------------------------------------------
 # Format-independent helpers
@@ -120,7 +122,7 @@ class SynthSummary:
     """
 
     path: str
-    probs_path: str
+    probs_path: str | None  # None: not written (OUT was a stream and no other path was given)
     rows: int
     ctr: float
     oracle_auc: float
@@ -264,42 +266,52 @@ def _check_arguments(out: str | os.PathLike, rows: int, seed: int, block_rows: i
         raise InputError(f"cannot write {path!r}: directory {parent!r} does not exist")
     if not os.path.isdir(parent):
         raise InputError(f"cannot write {path!r}: {parent!r} is not a directory")
-    if os.path.isdir(path + ".probs.npy"):
-        raise InputError(f"cannot write probabilities: {path + '.probs.npy'!r} is a directory")
     return path
 
 
-class _AtomicOutputs:
-    """Temporary files ``<final>.tmp-<pid>`` renamed onto their final names only on success."""
+def _probabilities_path(path: str, probs_out: str | os.PathLike | None) -> str | None:
+    """Where the true probabilities go: ``probs_out``, else ``OUT.probs.npy`` beside a regular OUT.
 
-    def __init__(self, *finals: str) -> None:
-        self.finals = finals
-        self.temps = tuple(f"{p}.tmp-{os.getpid()}" for p in finals)
+    OUT being stdout, a device or a FIFO, nothing is written unless ``probs_out`` is given: a
+    sibling of ``/dev/null`` would be a new file in ``/dev``.
+    """
+    if probs_out is None:
+        if is_stream(path):
+            return None
+        probs = path + ".probs.npy"
+    else:
+        probs = os.fsdecode(os.fspath(probs_out))
+    if os.path.isdir(probs):
+        raise InputError(f"cannot write probabilities: {probs!r} is a directory")
+    parent = os.path.dirname(os.path.abspath(probs))
+    if not os.path.isdir(parent):
+        raise InputError(f"cannot write probabilities {probs!r}: directory {parent!r} does not exist")
+    if os.path.abspath(probs) == os.path.abspath(path):
+        raise ConfigError(f"the probabilities and the rows would both go to {path!r}; give another path")
+    check_output_path(probs, flag="probabilities")  # e.g. a directory we may not write in
+    return probs
 
-    def __enter__(self) -> tuple[str, ...]:
-        return self.temps
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                # The main file last: its presence means everything is complete.
-                for tmp, final in reversed(list(zip(self.temps, self.finals))):
-                    os.replace(tmp, final)
-                return
-            except OSError as err:
-                self._cleanup()
-                raise InputError(f"cannot rename {tmp!r} to {final!r}: {err.strerror}") from err
-        self._cleanup()
-        if isinstance(exc, OSError) and not isinstance(exc, InputError):
-            name = exc.filename or self.finals[0]
-            raise InputError(f"cannot write {name!r}: {exc.strerror or exc}") from exc
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
-    def _cleanup(self) -> None:
-        for tmp in self.temps:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+
+def _with_errno(exc: OSError) -> OSError:
+    """polars reports a failed write as ``OSError('No space left on device (os error 28)')`` with
+    no ``errno``; give it one, so that the message is the same as for any other full disk."""
+    match = _RUST_OS_ERROR.search(str(exc))
+    if exc.errno is not None or match is None:
+        return exc
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code))
+
+
+def _kept(*paths: str) -> str:
+    """What a failed write leaves, for the message: the previous files, untouched."""
+    regular = [p for p in paths if not is_stream(p)]
+    previous = [p for p in regular if os.path.exists(p)]
+    if previous:
+        return f"the previous {' and '.join(previous)} {'is' if len(previous) == 1 else 'are'} unchanged"
+    return f"nothing was written at {' or '.join(regular)}" if regular else "nothing else was touched"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -696,36 +708,47 @@ def iter_criteo_chunks(rows: int, seed: int = 0, model: CriteoClickModel | None 
 
 def write_synthetic_criteo(out: str | os.PathLike, rows: int, seed: int = 0, *,
                            unlabeled: bool = False, block_rows: int = 500_000,
-                           progress: Callable[[int, int], None] | None = None) -> SynthSummary:
+                           progress: Callable[[int, int], None] | None = None,
+                           probs_out: str | os.PathLike | None = None) -> SynthSummary:
     """Write ``rows`` synthetic rows in the Criteo Kaggle TSV format to ``out``.
 
-    Also writes the true click probabilities (float32, row order) to ``out + ".probs.npy"``.
-    Both files are written under ``<name>.tmp-<pid>`` and renamed when complete. The bytes
+    Also writes the true click probabilities (float32, row order, ``.npy``) to ``probs_out``,
+    by default ``out + ".probs.npy"`` (not written by default when ``out`` is ``-`` = stdout, a
+    device or a FIFO). Regular files are written under ``.<name>.tmp-<pid>`` and renamed when
+    complete, the probabilities first, so both appear only on success; a stream is written in
+    place (:func:`ctrkit.fileio.atomic_output`). The bytes
     depend only on ``(rows, seed)``; ``block_rows`` (rounded up to whole chunks of 65,536 rows)
     is how many rows are rendered and written at a time, which bounds memory.
     ``progress(done, rows)`` is called after each block if given.
 
     Raises:
         ConfigError: ``rows < 1``, a negative ``seed``, ``block_rows < 1``, non-integers.
-        InputError: ``out`` is a directory, its directory does not exist, or writing fails.
+        InputError: ``out`` (or ``probs_out``) is a directory or its directory does not exist.
+        OutputError: writing fails (disk full, ...); the message says what was kept.
     """
     import polars as pl
 
     path = _check_arguments(out, rows, seed, block_rows)
-    probs_path = path + ".probs.npy"
+    probs_path = _probabilities_path(path, probs_out)
     model = CriteoClickModel(seed)
     all_probs = np.empty(rows, np.float32)
     all_labels = np.empty(rows, bool)
     chunks_per_block = max(1, -(-block_rows // CHUNK_ROWS))
-    with _AtomicOutputs(path, probs_path) as (tmp_path, tmp_probs):
-        with open(tmp_path, "wb") as fh:
+    kept = _kept(path, *([probs_path] if probs_path else []))
+    probs_committed = False
+    try:
+        # The rows are committed last: a complete OUT means its probabilities are complete too.
+        with atomic_output(path, "wb", flag="output", kept=kept) as fh:
             done = 0
             frames = []
 
             def flush() -> None:
-                pl.concat(frames, rechunk=False).write_csv(
-                    fh, include_header=False, separator="\t", null_value="",
-                    quote_style="never", line_terminator="\n")
+                try:
+                    pl.concat(frames, rechunk=False).write_csv(
+                        fh, include_header=False, separator="\t", null_value="",
+                        quote_style="never", line_terminator="\n")
+                except OSError as exc:
+                    raise _with_errno(exc) from exc
                 frames.clear()
                 if progress is not None:
                     progress(done, rows)
@@ -740,8 +763,14 @@ def write_synthetic_criteo(out: str | os.PathLike, rows: int, seed: int = 0, *,
                     flush()
             if frames:
                 flush()
-        with open(tmp_probs, "wb") as fh:
-            np.save(fh, all_probs)
+            if probs_path is not None:
+                with atomic_output(probs_path, "wb", flag="probabilities", kept=kept) as probs_fh:
+                    np.save(probs_fh, all_probs)
+                probs_committed = not is_stream(probs_path)
+    except BaseException:
+        if probs_committed:  # the rows failed to land after their probabilities did: no mismatched pair
+            os.unlink(probs_path)
+        raise
     return SynthSummary(
         path=path,
         probs_path=probs_path,
