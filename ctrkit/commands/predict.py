@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or model_save_dir (uses best.pt)")
     parser.add_argument("raw", metavar="RAW.tsv", help="raw rows to score")
-    parser.add_argument("--out", required=True, metavar="SCORES.tsv", help="output: one probability per line (- for stdout)")
+    parser.add_argument("--out", required=True, metavar="SCORES.tsv",
+                        help="output: one probability per line (- for stdout)")
     parser.add_argument("--data", required=True, metavar="STORE",
                         help="the store the model was trained on (its vocabularies encode the rows)")
     add_inference_arguments(parser)

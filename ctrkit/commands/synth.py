@@ -31,7 +31,8 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("format", choices=FORMATS, help="raw format to write")
-    parser.add_argument("out", help="output file (written atomically); - for stdout, a device or FIFO is written in place")
+    parser.add_argument("out", help="output file (written atomically); - is stdout; "
+                                    "a device or a FIFO is written in place")
     parser.add_argument("--probs", metavar="PATH",
                         help="where the true probabilities go [default: OUT.probs.npy; "
                              "not written when OUT is -, a device or a FIFO]")
