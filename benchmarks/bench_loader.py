@@ -13,6 +13,12 @@ page cache:
   ``DataLoader(batch_size=4096, shuffle=True)`` whose default collate builds the same batch dict
   of tensors. It is timed on a bounded random sample of the rows (``--per-row-sample``).
 
+The checks every chunk read makes (its checksum and the batch contract, ``ctrkit.data.store``)
+are measured in the same run: the shuffled and unshuffled ``BatchReader`` contenders also run
+on a ``Store(check_reads=False)`` (no checks: the reading cost before checks existed) and with
+"cold checks" (the contract re-checked on every read, as on a chunk's first read in a process;
+later reads of an unchanged chunk verify its checksum only). Budget: checks <= 10 % slower.
+
 Every measurement is repeated ``--repeats`` times, the contenders interleaved (each repeat starts
 with a different one), and the median is reported. Targets from the issue: ours >= 50x the
 per-row pattern and >= 10M rows/s in one process.
@@ -44,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 import common  # noqa: E402
 from ctrkit.data.batches import BatchReader  # noqa: E402
-from ctrkit.data.store import DEFAULT_CHUNK_ROWS, Store, StoreWriter  # noqa: E402
+from ctrkit.data.store import DEFAULT_CHUNK_ROWS, Store, StoreWriter, forget_checked_chunks  # noqa: E402
 from ctrkit.schema import Field, Schema  # noqa: E402
 
 N_SPARSE = 39
@@ -52,6 +58,7 @@ ROW_BYTES = 4 * (N_SPARSE + 1)  # 39 int32 ids + one float32 label
 KEY = struct.Struct(">Q")  # big-endian row index: keys sort in row order, so puts can append
 TARGET_ROWS_PER_S = 10_000_000
 TARGET_RATIO = 50.0
+CHECK_BUDGET = 0.10  # reads with checks may be at most 10 % slower than reads without
 BASELINE = "per-row LMDB, DataLoader nw=0"
 
 
@@ -225,6 +232,31 @@ def torch_epoch(reader: BatchReader, workers: int) -> Callable[[int], int]:
     return run
 
 
+def with_cold_checks(run: Callable[[int], int]) -> Callable[[int], int]:
+    """``run`` with every chunk's contract checked again, as on its first read in a process."""
+
+    def cold(epoch: int) -> int:
+        forget_checked_chunks()
+        return run(epoch)
+
+    return cold
+
+
+def check_costs(results: list[dict]) -> list[dict]:
+    """Per order: how much slower reads with checks are than reads without (wall and CPU time)."""
+    by_name = {r["name"]: r for r in results}
+    costs = []
+    for order in ("shuffled", "unshuffled"):
+        base = by_name[f"ours BatchReader numpy, {order}, no read checks"]
+        for label, name in (("checks", f"ours BatchReader numpy, {order}"), ("cold checks", f"ours BatchReader numpy, {order}, cold checks")):
+            checked = by_name[name]
+            wall = 1 - checked["median_rows_per_s"] / base["median_rows_per_s"]
+            cpu = 1 - checked["median_rows_per_cpu_s"] / base["median_rows_per_cpu_s"]
+            costs.append({"order": order, "checks": label, "contender": name, "baseline": base["name"],
+                          "slower_wall": wall, "slower_cpu": cpu, "within_budget": cpu <= CHECK_BUDGET})
+    return costs
+
+
 def per_row_sample(dataset: PerRowDataset, batch_size: int, sample: int, workers: int) -> Callable[[int], int]:
     def run(seed: int) -> int:
         rows = 0
@@ -339,12 +371,13 @@ def main(argv: list[str] | None = None) -> int:
             f"({built['build_seconds']['per_row']:.1f} s)"
         )
         store = Store(built["store"])
+        unchecked_store = Store(built["store"], check_reads=False)
         dataset = PerRowDataset(built["per_row"], args.rows)
         checks = verify(built, store, dataset, args.batch_size, args.rows, args.seed)
         print("checked: same rows in both layouts, same batch dtypes/shapes, shuffled epoch = permutation of the rows\n")
 
-        def reader(shuffle: bool) -> BatchReader:
-            return BatchReader(store, "train", args.batch_size, shuffle=shuffle, seed=args.seed, shuffle_window=args.shuffle_window)
+        def reader(shuffle: bool, source: Store = store) -> BatchReader:
+            return BatchReader(source, "train", args.batch_size, shuffle=shuffle, seed=args.seed, shuffle_window=args.shuffle_window)
 
         # (name, role, workers, run)
         contenders: list[tuple[str, str, int, Callable[[int], int]]] = [
@@ -362,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
             ("ours BatchReader numpy, unshuffled", "eval", 0, numpy_epoch(reader(False))),
             ("ours DataLoader nw=0, unshuffled", "eval", 0, torch_epoch(reader(False), 0)),
         ]
+        for shuffle, order in ((True, "shuffled"), (False, "unshuffled")):
+            contenders += [
+                (f"ours BatchReader numpy, {order}, no read checks", "checks", 0, numpy_epoch(reader(shuffle, unchecked_store))),
+                (f"ours BatchReader numpy, {order}, cold checks", "checks", 0, with_cold_checks(numpy_epoch(reader(shuffle)))),
+            ]
 
         for _, _, _, run in contenders:  # warm-up: page cache, lazy LMDB opens, first-call costs
             run(10_000)
@@ -391,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         base = next(r for r in results if r["name"] == BASELINE)["median_rows_per_s"]
         for r in results:
             r["ratio_vs_per_row"] = r["median_rows_per_s"] / base
-            if r["role"] != "baseline":
+            if r["role"] in ("train", "eval"):
                 r["meets_10M_rows_per_s"] = r["median_rows_per_s"] >= TARGET_ROWS_PER_S
                 r["meets_50x_per_row"] = r["ratio_vs_per_row"] >= TARGET_RATIO
 
@@ -425,6 +463,14 @@ def main(argv: list[str] | None = None) -> int:
             "time instead (less sensitive to other load on the machine; not defined with worker processes).\n"
             "nw=2 timings include starting the worker processes once per epoch; all data is in the page cache."
         )
+        costs = check_costs(results)
+        print("\nread checks (checksum + batch contract per chunk read) vs no checks, median of the repeats:")
+        for c in costs:
+            print(
+                f"  {c['order']:<10} {c['checks']:<11} {100 * c['slower_cpu']:+5.1f} % CPU time per row, "
+                f"{100 * c['slower_wall']:+5.1f} % wall  (budget <= {100 * CHECK_BUDGET:.0f} % CPU: "
+                f"{'met' if c['within_budget'] else 'MISSED'})"
+            )
         load_end = common.loadavg()
         print(f"load avg at end: {' / '.join(f'{x:.2f}' for x in load_end) if load_end else 'n/a'}")
 
@@ -455,11 +501,13 @@ def main(argv: list[str] | None = None) -> int:
             },
             "verification": checks,
             "results": results,
+            "read_check_costs": costs,
             "profile": profile_text,
         }
         path = common.write_json(args.json, payload)
         print(f"\nwrote {path}")
         store.close()
+        unchecked_store.close()
     finally:
         if args.keep:
             print(f"kept {scratch}")

@@ -51,6 +51,7 @@ out-of-range id into a store.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -308,6 +309,11 @@ _READ_ENVIRONMENTS: dict[tuple[str, int, int, int], lmdb.Environment] = {}
 # checksum is still verified on every read; an unchanged checksum means unchanged bytes, whose
 # contract need not be checked again (half the cost of a read's checks).
 _CONTRACT_CHECKED: set[tuple[str, str, int, int]] = set()
+
+
+def forget_checked_chunks() -> None:
+    """Make the next read of every chunk check its contract again (to measure the first read's cost)."""
+    _CONTRACT_CHECKED.clear()
 
 
 def _open_readonly(path: Path) -> lmdb.Environment:
@@ -662,6 +668,9 @@ class Store:
         vocabularies = set()
         for key in keys:
             name = key.decode(errors="replace")[len("array/"):]
+            field = name[len("vocab/"):] if name.startswith("vocab/") else None
+            if field is not None:
+                vocabularies.add(field)
             try:
                 array = self.read_array(name)
             except StoreError as exc:
@@ -669,10 +678,8 @@ class Store:
                 continue
             finally:
                 tick()
-            if not name.startswith("vocab/"):
+            if field is None:
                 continue
-            field = name[len("vocab/"):]
-            vocabularies.add(field)
             if field not in self.schema or self.schema[field].kind != "sparse":
                 problems.add(f"store {self.path}: key {key.decode()} is the vocabulary of {field!r}, which is not a sparse field")
             elif array.ndim != 1 or len(array) != self.schema[field].vocab_size - 1:
@@ -794,7 +801,11 @@ class StoreWriter:
         self.build_id = uuid.uuid4().hex
         self._closed = True  # until the environment is open: abort() has nothing to close
         self._lock = contextlib.ExitStack()
-        self._lock.enter_context(target_lock(self.path, "building a store"))
+        try:
+            self._lock.enter_context(target_lock(self.path, "building a store"))
+        except OSError as exc:  # the lock file's holder line cannot be written on a full disk
+            kept = f"the existing store at {self.path} is unchanged" if self.path.exists() else f"nothing was created at {self.path}"
+            raise StoreError(f"cannot write store {self.path}: {_write_failure(exc, self.path.parent)}; {kept}") from None
         self._target = str(self.path.resolve())
         try:
             if self._target in _BUILDING:
@@ -834,8 +845,9 @@ class StoreWriter:
         try:
             yield
         except (OSError, lmdb.Error) as exc:
+            reason = _write_failure(exc, self.path.parent)  # before abort() frees the space
             self.abort()
-            raise StoreError(f"cannot write store {self.path}: {_write_failure(exc)}; {self.kept}") from None
+            raise StoreError(f"cannot write store {self.path}: {reason}; {self.kept}") from None
         except ContractError as exc:
             self.abort()
             raise ContractError(f"cannot build store {self.path}: {exc}; {self.kept}") from None
@@ -955,10 +967,22 @@ class StoreWriter:
         self._lock.close()
 
 
-def _write_failure(exc: BaseException) -> str:
-    """Why a write failed, in a few words: a full disk is said plainly whatever layer noticed it."""
+_FULL_BYTES = 1 << 20  # free space below which a failed write is blamed on a full disk
+
+
+def _write_failure(exc: BaseException, directory: Path) -> str:
+    """Why a write failed, in a few words: a full disk is said plainly whatever layer noticed it.
+
+    LMDB reports a write that found no space as ``Input/output error`` as often as ``No space
+    left on device``, so an I/O error on a file system with (almost) no free space is a full disk.
+    """
     if is_disk_full(exc):
         return "no space left on device"
+    if "input/output error" in str(exc).lower() or getattr(exc, "errno", None) == errno.EIO:
+        with contextlib.suppress(OSError):
+            info = os.statvfs(directory)
+            if info.f_bavail * info.f_frsize < _FULL_BYTES:
+                return "no space left on device"
     if isinstance(exc, OSError):
         return os_error_message(exc)
     return _lmdb_message(exc)
