@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from ctrkit.data.synthetic import (
     rank_auc,
     write_synthetic_criteo,
 )
-from ctrkit.errors import ConfigError, InputError
+from ctrkit.errors import ConfigError, InputError, OutputError
 
 INT_RE = re.compile(rb"^(-?[0-9]+)?$")
 HEX_RE = re.compile(rb"^([0-9a-f]{8})?$")
@@ -220,6 +222,27 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         write_synthetic_criteo(tmp_path / "x.tsv", 500, seed=0)
     assert os.listdir(tmp_path) == []
+
+
+def test_rows_failing_after_their_probabilities_leave_neither(tmp_path, monkeypatch):
+    """The probabilities land first; if the rows then fail to land, no half pair remains."""
+    out, real_replace = tmp_path / "x.tsv", os.replace
+
+    def replace(src, dst):
+        if Path(dst) == out:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OutputError, match="input/output error"):
+        write_synthetic_criteo(out, 100, seed=0)
+    assert os.listdir(tmp_path) == []
+
+
+def test_probabilities_where_asked(tmp_path):
+    summary = write_synthetic_criteo(tmp_path / "x.tsv", 100, seed=0, probs_out=tmp_path / "p.npy")
+    assert sorted(os.listdir(tmp_path)) == ["p.npy", "x.tsv"] and summary.probs_path == str(tmp_path / "p.npy")
+    assert np.load(tmp_path / "p.npy").shape == (100,)
 
 
 def test_overwrites_existing_output(tmp_path):
