@@ -223,6 +223,16 @@ def test_out_a_directory_or_under_a_missing_one(capsys, run, tmp_path, command):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_out_under_a_file_or_in_proc(capsys, run, tmp_path, command):
+    (tmp_path / "file").write_text("a file\n")
+    code, _, err = ctrkit(capsys, *COMMANDS[command](run, tmp_path / "file" / "out"))
+    assert_one_line_error(code, err, "not a directory")
+    code, _, err = ctrkit(capsys, *COMMANDS[command](run, "/proc/ctrkit-out"))
+    assert_one_line_error(code, err, "/proc/ctrkit-out")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"] and not os.path.exists("/proc/ctrkit-out")
+
+
 def fill(directory: Path) -> None:
     """Fill ``directory``'s file system to the last byte."""
     free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
