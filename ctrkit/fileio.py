@@ -154,7 +154,9 @@ def target_lock(path: str | os.PathLike, what: str = "writing") -> Iterator[None
     try:
         handle = open(lock_path, "a+")
     except OSError as exc:
-        raise OutputError(f"cannot lock {path}: {os_error_message(exc)}") from None
+        raise OutputError(
+            f"cannot write {path}: cannot create files in {lock_path.parent} ({os_error_message(exc, with_file=False)})"
+        ) from None
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -164,10 +166,11 @@ def target_lock(path: str | os.PathLike, what: str = "writing") -> Iterator[None
             raise OutputError(
                 f"{path} is being written by {holder} right now; wait for it to finish or choose another path"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"ctrkit pid {os.getpid()} ({what})")
-        handle.flush()
+        with contextlib.suppress(OSError):  # the holder's name is a courtesy; a full disk must not stop the lock
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"ctrkit pid {os.getpid()} ({what})")
+            handle.flush()
         _HELD[key] = [handle, 1]
         try:
             yield
@@ -301,7 +304,7 @@ def json_safe(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Messages
 # ---------------------------------------------------------------------------------------------
-def os_error_message(exc: BaseException) -> str:
+def os_error_message(exc: BaseException, *, with_file: bool = True) -> str:
     """One line for a file-system failure: ``no space left on device`` rather than a traceback."""
     if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
         reason = _DISK_ERRNOS[exc.errno]
@@ -309,16 +312,34 @@ def os_error_message(exc: BaseException) -> str:
         reason = exc.strerror.lower()
     else:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    filename = getattr(exc, "filename", None)
+    filename = getattr(exc, "filename", None) if with_file else None
     return f"{reason} ({filename})" if filename else reason
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether an error from any layer (OS, LMDB, torch's zip writer) means the disk filled up."""
+def is_disk_full(exc: BaseException, near: str | os.PathLike | None = None) -> bool:
+    """Whether an error from any layer (OS, LMDB, torch's zip writer) means the disk filled up.
+
+    LMDB reports a failed write of its memory map as a bare ``Input/output error``; with ``near``
+    (a path on the file system written to), such an error counts as disk full when that file
+    system has less than 1 MiB free.
+    """
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(exc).lower()
-    return any(s in text for s in ("no space left", "disk quota", "mdb_map_full", "errno 28"))
+    if any(s in text for s in ("no space left", "disk quota", "errno 28")):
+        return True
+    return near is not None and "input/output error" in text and _free_bytes(near) < (1 << 20)
+
+
+def _free_bytes(path: str | os.PathLike) -> int:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        stat_ = os.statvfs(path)
+    except OSError:
+        return 1 << 62
+    return stat_.f_bavail * stat_.f_frsize
 
 
 __all__ = [
