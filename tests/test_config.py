@@ -91,6 +91,29 @@ def test_missing_yaml_file(tmp_path):
         parse("--config", str(tmp_path / "absent.yaml"))
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"model: deepfm\x00\x01\x02", "is a binary file (a NUL byte at offset 13)"),
+    (b"model: deepfm\nlr: \xff\n", "is not UTF-8 text (byte 0xff on line 2)"),
+])
+def test_binary_or_non_utf8_yaml_file(tmp_path, content, message):
+    run = tmp_path / "run.yaml"
+    run.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        parse("--config", str(run))
+    assert str(info.value).startswith(f"--config {run}: ") and message in str(info.value)
+
+
+def test_overwrite_flag_and_yaml_key(tmp_path):
+    assert parse(*BASE).overwrite is False
+    assert parse(*BASE, "--overwrite").overwrite is True
+    run = tmp_path / "run.yaml"
+    run.write_text("overwrite: yes\n")
+    assert parse(*BASE, "--config", str(run)).overwrite is True
+    assert parse(*BASE, "--config", str(run), "--no-overwrite").overwrite is False
+    with pytest.raises(ConfigError, match="--resume and --overwrite exclude each other"):
+        parse(*BASE, "--resume", "--overwrite")
+
+
 BAD_FLAGS = [
     (["--lr", "-1"], "--lr must be > 0, got -1"),
     (["--lr", "0"], "--lr must be > 0"),

@@ -258,7 +258,7 @@ class TrainingInterrupted(CtrkitError):
         self.signum = int(signum)
         self.exit_code = 128 + self.signum
 
-    def __reduce__(self):  # picklable with both arguments (errors travel between DDP ranks)
+    def __reduce__(self):  # pickle both arguments (Exception's default passes only the message)
         return type(self), (str(self), self.signum)
 
 
@@ -539,10 +539,10 @@ def open_run_directory(save_dir: Path, *, resume: bool, overwrite: bool,
 
 
 def is_improvement(score: Mapping[str, float], best_auc: float) -> bool:
-    """A validation result beats the best so far only with a finite AUC and logloss above it.
+    """Whether a validation result beats the best AUC so far: both scores finite, the AUC higher.
 
     (``nan > x`` is already False, but a NaN logloss with a finite AUC, or an infinite AUC, would
-    otherwise slip through.)
+    otherwise count as the best epoch and be saved as ``best.pt``.)
     """
     auc_value, logloss_value = float(score["auc"]), float(score["logloss"])
     return math.isfinite(auc_value) and math.isfinite(logloss_value) and auc_value > best_auc
@@ -604,6 +604,29 @@ class StopSignals:
     @property
     def name(self) -> str:
         return signal.Signals(self.received).name if self.received is not None else ""
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
+
+class IgnoreStopSignals:
+    """``worker_init_fn`` of the training loader while :class:`StopSignals` is installed.
+
+    A scheduler's SIGTERM (or Ctrl-C in a terminal) reaches the loader workers too; dying of it,
+    they would make torch raise "DataLoader worker is killed by signal" in the main process, in
+    the middle of a step or of the ``last.pt`` write. Ignoring it, they keep serving batches
+    until the main process has saved and shuts them down.
+    """
+
+    def __init__(self, then: Callable[[int], None] | None = None):
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        for signum in StopSignals.SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        if self.then is not None:
+            self.then(worker_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1119,6 +1142,8 @@ class Trainer:
         model.train()
         total = len(reader)
         loader = make_loader(reader, progress.epoch, progress.batch, cfg.num_workers, ctx.device.type == "cuda")
+        if self._signals.installed and cfg.num_workers:
+            loader.worker_init_fn = IgnoreStopSignals(loader.worker_init_fn)
         bar = _progress_bar(total, progress.batch, f"epoch {progress.epoch + 1}/{cfg.epochs}", ctx.is_main)
         self._epoch_loss_sum = loss_sum = self._epoch_loss_sum.to(ctx.device)  # updated in place
         rows, last_logged, start = 0, progress.batch, time.perf_counter()

@@ -29,17 +29,24 @@ OPTIONS = dict(model="deepfm", epochs=2, batch_size=128, lr=3e-3, threads=1, log
                hidden_units=[16, 16], dropout=0.2, batch_norm=True, patience=5)
 TIMING_KEYS = ("seconds", "rows_per_s")
 
-# `ctrkit train ARGS` whose trainer sends itself the signals NAMES (comma-separated) after step AT
+# `ctrkit train ARGS` whose trainer sends the signals NAMES (comma-separated) after step AT, to
+# itself, or (GROUP=1) from another process to its whole process group, loader workers included,
+# as a scheduler does (torch's workers take a SIGTERM from their own parent as a request to exit)
 DRIVER = """
-import os, signal, sys
+import os, signal, subprocess, sys
 from ctrkit.pytorch import trainer as trainer_module
-at, names, argv = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
+at, names, group, argv = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3] == "1", sys.argv[4:]
 original_init = trainer_module.Trainer.__init__
 
 def send_at_step(step):
     if step == at:
         for name in names:
-            os.kill(os.getpid(), getattr(signal, name))
+            signum = int(getattr(signal, name))
+            if group:
+                kill = f"import os; os.killpg({os.getpgid(0)}, {signum})"
+                subprocess.run([sys.executable, "-c", kill], check=True, start_new_session=True)
+            else:
+                os.kill(os.getpid(), signum)
 
 def init(self, *args, **kwargs):
     original_init(self, *args, **kwargs)
@@ -65,10 +72,14 @@ def cli_args(store, save_dir: Path, *extra: str) -> list[str]:
     return args + list(extra)
 
 
-def run_interrupted(store, save_dir: Path, at: int, *names: str) -> subprocess.CompletedProcess:
+def run_interrupted(store, save_dir: Path, at: int, *names: str, group: bool = False,
+                    extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    command = [PYTHON, "-c", DRIVER, str(at), ",".join(names), *cli_args(store, save_dir)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=str(ROOT), env=env)
+    command = [PYTHON, "-c", DRIVER, str(at), ",".join(names), "1" if group else "0",
+               *cli_args(store, save_dir, *extra)]
+    # a session of its own: a signal to its process group never reaches pytest
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=str(ROOT), env=env,
+                          start_new_session=True)
 
 
 def config(store, save_dir: Path, **changes) -> TrainConfig:
@@ -92,9 +103,9 @@ def uninterrupted(store, tmp_path_factory):
     return comparable(metrics), weights(save_dir / "last.pt"), weights(save_dir / "best.pt")
 
 
-def assert_same_run(store, save_dir: Path, uninterrupted) -> None:
+def assert_same_run(store, save_dir: Path, uninterrupted, **changes) -> None:
     """``--resume`` from ``save_dir`` ends exactly as the uninterrupted run did."""
-    metrics = train_from_config(config(store, save_dir, resume=True))
+    metrics = train_from_config(config(store, save_dir, resume=True, **changes))
     expected_metrics, expected_last, expected_best = uninterrupted
     assert comparable(metrics) == expected_metrics
     for expected, path in ((expected_last, save_dir / "last.pt"), (expected_best, save_dir / "best.pt")):
@@ -130,3 +141,15 @@ def test_a_second_signal_stops_at_once_and_damages_nothing(store, tmp_path, unin
     assert load_checkpoint(save_dir / "last.pt")["progress"]["step"] == STEPS_PER_EPOCH
     assert not [p for p in save_dir.iterdir() if ".tmp-" in p.name]
     assert_same_run(store, save_dir, uninterrupted)
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers(store, tmp_path, uninterrupted):
+    """A scheduler signals every process of the job: the loader workers must not die of it first
+    (torch would then raise "DataLoader worker is killed by signal" in the middle of a step)."""
+    save_dir = tmp_path / "run"
+    result = run_interrupted(store, save_dir, 6, "SIGTERM", group=True, extra=("--num_workers", "2"))
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.splitlines()[-1] == ("ctrkit train: interrupted by SIGTERM at epoch 1, step 6; "
+                                              "last.pt saved; continue with --resume")
+    assert load_checkpoint(save_dir / "last.pt")["progress"]["step"] == 6
+    assert_same_run(store, save_dir, uninterrupted, num_workers=2)
