@@ -746,8 +746,10 @@ class Trainer:
 
     Args:
         model: a pure model, ``model(batch) -> logits [B]``.
-        config: the training options (validated here). ``config.model`` and ``config.hparams()``
-            are written to checkpoints so that :meth:`from_checkpoint` can rebuild the model.
+        config: the training options (validated here). ``config.model`` may be left empty for a
+            model the registry knows. The model's name and the hyper-parameters it was built with
+            (recorded by :func:`~ctrkit.registry.build_torch_model`; for other models, those of
+            ``config``) are written to checkpoints so that :meth:`from_checkpoint` can rebuild it.
         schema: the schema the model was built for (taken from the store by :meth:`fit`).
 
     Example::
@@ -1141,9 +1143,7 @@ class Trainer:
         model = self._train_model
         model.train()
         total = len(reader)
-        loader = make_loader(reader, progress.epoch, progress.batch, cfg.num_workers, ctx.device.type == "cuda")
-        if self._signals.installed and cfg.num_workers:
-            loader.worker_init_fn = IgnoreStopSignals(loader.worker_init_fn)
+        loader = self._loader(reader, progress.epoch, progress.batch)
         bar = _progress_bar(total, progress.batch, f"epoch {progress.epoch + 1}/{cfg.epochs}", ctx.is_main)
         self._epoch_loss_sum = loss_sum = self._epoch_loss_sum.to(ctx.device)  # updated in place
         rows, last_logged, start = 0, progress.batch, time.perf_counter()
@@ -1294,6 +1294,15 @@ class Trainer:
         return summary
 
     # -- per-step helpers ------------------------------------------------------------------------
+    def _loader(self, reader: BatchReader, epoch: int = 0, start_batch: int = 0):
+        """The reader's batches through :func:`make_loader`; while the trainer handles SIGINT/SIGTERM,
+        its workers ignore them (:class:`IgnoreStopSignals`)."""
+        cfg = self.config
+        loader = make_loader(reader, epoch, start_batch, cfg.num_workers, self.ctx.device.type == "cuda")
+        if self._signals.installed and cfg.num_workers:
+            loader.worker_init_fn = IgnoreStopSignals(loader.worker_init_fn)
+        return loader
+
     def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.ctx.device.type == "cpu":
             return dict(batch)
@@ -1339,7 +1348,7 @@ class Trainer:
         """This rank's shard of ``split`` (in store order): probabilities and labels."""
         ctx = self.ctx
         reader = BatchReader(store, split, self._eval_batch_size(), rank=ctx.rank, world_size=ctx.world_size)
-        loader = make_loader(reader, 0, 0, self.config.num_workers, ctx.device.type == "cuda")
+        loader = self._loader(reader)
         probs, labels = [], []
         for batch in loader:
             batch = self._to_device(batch)
@@ -1567,7 +1576,9 @@ def train_from_config(config: TrainConfig, *, warn: Callable[[str], None] | None
     """Check everything that can be checked, build the model and train it.
 
     All user errors (bad GPU ids, missing or incomplete store, unknown model, bad hyper-parameter
-    values, ``--resume`` without ``last.pt``) are raised before a file is written.
+    values, ``--resume`` without ``last.pt``, a ``--model_save_dir`` that cannot be a directory or
+    that holds a previous run without ``--resume``/``--overwrite``) are raised before a file is
+    written.
     """
     from ctrkit.registry import build_torch_model
 
