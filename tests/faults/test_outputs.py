@@ -62,8 +62,11 @@ def run(tmp_path_factory):
     write_synthetic_criteo(root / "raw.tsv", ROWS, seed=1)
     assert main(["preprocess", "criteo", str(root / "raw.tsv"), "--out", str(root / "store.lmdb"),
                  "--min-count", "2", "--chunk-rows", "1000"]) in (0, None)
-    assert main(["train", "--model", "lr", "--data", str(root / "store.lmdb"), "--epochs", "1",
-                 "--batch_size", "512", "--threads", "1", "--model_save_dir", str(root / "run")]) in (0, None)
+    # in a process of its own: training sets process-wide torch options (threads, determinism)
+    trained = subprocess.run([sys.executable, "-m", "ctrkit.cli", "train", "--model", "lr", "--data",
+                              str(root / "store.lmdb"), "--epochs", "1", "--batch_size", "512", "--threads", "1",
+                              "--model_save_dir", str(root / "run")], capture_output=True, text=True, cwd=str(ROOT))
+    assert trained.returncode == 0, trained.stderr
     return root
 
 

@@ -38,7 +38,16 @@ def _assert_same_function(module, x, atol=1e-10):
         torch.testing.assert_close(got, want, atol=atol, rtol=1e-9)
 
 
-def test_embedding_gather_gradient_equals_f_embedding():
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for the test (earlier tests in the session may have changed the count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_embedding_gather_gradient_equals_f_embedding(two_threads):
     torch.manual_seed(0)
     table = EmbeddingTable(50, 4).double()
     ids = torch.randint(0, 50, (9, 6))
