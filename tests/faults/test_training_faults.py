@@ -9,7 +9,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _train_helpers import PYTHON, ROOT, build_store, run_cli  # noqa: E402
+from _train_helpers import PYTHON, ROOT, build_store  # noqa: E402
 
 from ctrkit.cli import main  # noqa: E402
 from ctrkit.config import TrainConfig  # noqa: E402
-from ctrkit.errors import ConfigError, InputError, OutputError  # noqa: E402
+from ctrkit.errors import ConfigError, InputError  # noqa: E402
 from ctrkit.pytorch import trainer as trainer_module  # noqa: E402
 from ctrkit.pytorch.trainer import (  # noqa: E402
     Trainer,
