@@ -365,8 +365,8 @@ def _check_not_truncated(path: Path, env: lmdb.Environment, size: int) -> None:
 
 
 def _lmdb_message(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text
+    """The first line of an LMDB error (``mdb_get: MDB_CORRUPTED: ...``)."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 @dataclass(frozen=True)
