@@ -324,9 +324,11 @@ def test_a_closed_pipe_ends_quietly(run, tmp_path):
     raw.write_bytes((run / "raw.tsv").read_bytes() * 10)  # ~330 KB of scores: more than a pipe holds
     command = [sys.executable, "-m", "ctrkit.cli", "predict", str(run / "run"), str(raw),
                "--data", str(run / "store.lmdb"), "--out", "-", "--batch_size", "1000"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT))
+    # cwd: where a regression would write a file named "-"
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path))
     first = proc.stdout.readline()
     proc.stdout.close()  # the reader is gone: every later write gets EPIPE
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert 0 < float(first) < 1 and err == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["raw.tsv"]
