@@ -60,7 +60,6 @@ store. A full disk or another write failure aborts the build with a one-line
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
@@ -844,8 +843,10 @@ class StoreWriter:
         with self._failures_abort():
             if self.tmp_path.exists():
                 shutil.rmtree(self.tmp_path)
+            # lock=False: the target lock keeps every other process out of the temporary directory,
+            # and LMDB's lock file is a memory map, which faults (SIGBUS) on a full file system
             self._env = lmdb.open(
-                str(self.tmp_path), map_size=self._map_size, subdir=True, sync=False, metasync=False, max_dbs=0
+                str(self.tmp_path), map_size=self._map_size, subdir=True, sync=False, metasync=False, max_dbs=0, lock=False
             )
             self._closed = False
 
@@ -965,7 +966,6 @@ class StoreWriter:
             self._env.sync(True)
             self._env.close()
             self._closed = True
-            (self.tmp_path / "lock.mdb").unlink(missing_ok=True)  # readers never lock
             _replace_directory(self.tmp_path, self.path)
         self._release()
         return Store(self.path)
@@ -982,25 +982,16 @@ class StoreWriter:
 
     def _release(self) -> None:
         _BUILDING.discard(self._target)
-        self._lock.close()
-
-
-_FULL_BYTES = 1 << 20  # free space below which a failed write is blamed on a full disk
+        # closing the lock file retries its holder line, which fails again on a full disk; the
+        # descriptor (and with it the lock) is closed all the same
+        with contextlib.suppress(OSError):
+            self._lock.close()
 
 
 def _write_failure(exc: BaseException, directory: Path) -> str:
-    """Why a write failed, in a few words: a full disk is said plainly whatever layer noticed it.
-
-    LMDB reports a write that found no space as ``Input/output error`` as often as ``No space
-    left on device``, so an I/O error on a file system with (almost) no free space is a full disk.
-    """
-    if is_disk_full(exc):
+    """Why a write failed, in a few words: a full disk is said plainly whatever layer noticed it."""
+    if is_disk_full(exc, near=directory):
         return "no space left on device"
-    if "input/output error" in str(exc).lower() or getattr(exc, "errno", None) == errno.EIO:
-        with contextlib.suppress(OSError):
-            info = os.statvfs(directory)
-            if info.f_bavail * info.f_frsize < _FULL_BYTES:
-                return "no space left on device"
     if isinstance(exc, OSError):
         return os_error_message(exc)
     return _lmdb_message(exc)
