@@ -46,9 +46,9 @@ import json, sys, tempfile
 spec = json.loads(sys.argv[1])
 from ctrkit.config import TrainConfig
 from ctrkit.pytorch.trainer import train_from_config
-with tempfile.TemporaryDirectory() as save_dir:
+with tempfile.TemporaryDirectory() as scratch:  # the run directory's lock file lands inside it too
     config = TrainConfig(model=spec["model"], data=spec["store"], epochs=1, batch_size=4096, optimizer="Adam",
-                         lr=1e-3, model_save_dir=save_dir, threads=spec["threads"], max_steps=spec["steps"],
+                         lr=1e-3, model_save_dir=scratch + "/run", threads=spec["threads"], max_steps=spec["steps"],
                          log_every=10**9, **spec["hparams"]).validate()
     metrics = train_from_config(config)
 print("RESULT " + json.dumps({"rows_per_s": metrics["rows_per_s"]}))

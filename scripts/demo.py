@@ -45,7 +45,7 @@ def train(model: str, store: Path, out: Path, extra: list[str]) -> dict:
     command = [
         "ctrkit", "train", "--model", model, "--framework", "torch", "--data", str(store),
         "--batch_size", "4096", "--optimizer", "Adam", "--loss", "BCE",
-        "--model_save_dir", str(out / model), "--seed", "2018", *extra,
+        "--model_save_dir", str(out / model), "--overwrite", "--seed", "2018", *extra,
     ]
     print(f"\n$ {shlex.join(command)}", flush=True)
     subprocess.run([sys.executable, "-m", "ctrkit.cli", *command[1:]], check=True)

@@ -10,6 +10,7 @@ The test predictions are written for the orchestrator's AUC.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 
@@ -34,7 +35,8 @@ full_rows = store.split("train").rows
 train_rows = int(spec["train_rows"])
 max_steps = 0 if train_rows >= full_rows else train_rows // spec["batch_size"]
 
-with tempfile.TemporaryDirectory(prefix="ctrkit-bench-") as save_dir:
+with tempfile.TemporaryDirectory(prefix="ctrkit-bench-") as scratch:  # holds the run directory's lock file too
+    save_dir = os.path.join(scratch, "run")
     config = TrainConfig(
         model=spec["model"], data=spec["store"], epochs=1, batch_size=spec["batch_size"], optimizer="Adam",
         lr=spec["lr"], model_save_dir=save_dir, seed=spec["seed"], precision=spec["precision"],
