@@ -14,7 +14,8 @@ class CTRModel(nn.Module):
     """A pure model: ``model(batch) -> logits`` float32 ``[B]`` (no sigmoid, no loss, no optimizer).
 
     Subclasses implement :meth:`logits` returning ``[B, 1]`` (any float dtype); :meth:`forward`
-    flattens it and casts to float32 so the output is the same under bf16 autocast.
+    flattens it and casts low-precision logits (bf16 autocast) to float32; a float64 model keeps
+    float64, so it can be gradchecked end to end.
 
     ``unused_hparams`` names constructor keywords that the current configuration ignores (for
     example ``hidden_units`` of AutoInt without its DNN); the registry reports them to the CLI.
@@ -30,4 +31,5 @@ class CTRModel(nn.Module):
         raise NotImplementedError
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.logits(batch).reshape(-1).float()  # (B,)
+        logits = self.logits(batch).reshape(-1)  # (B,)
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
