@@ -306,8 +306,12 @@ def json_safe(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 def os_error_message(exc: BaseException, *, with_file: bool = True) -> str:
     """One line for a file-system failure: ``no space left on device`` rather than a traceback."""
-    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
-        reason = _DISK_ERRNOS[exc.errno]
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:  # Rust-backed libraries (polars) put the code in the text: "... (os error 28)"
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        code = int(found.group(1)) if found else None
+    if code in _DISK_ERRNOS:
+        reason = _DISK_ERRNOS[code]
     elif isinstance(exc, OSError) and exc.strerror:
         reason = exc.strerror.lower()
     else:
@@ -326,7 +330,7 @@ def is_disk_full(exc: BaseException, near: str | os.PathLike | None = None) -> b
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(exc).lower()
-    if any(s in text for s in ("no space left", "disk quota", "errno 28")):
+    if any(s in text for s in ("no space left", "disk quota", "errno 28", "os error 28")):
         return True
     return near is not None and "input/output error" in text and _free_bytes(near) < (1 << 20)
 
