@@ -74,3 +74,7 @@ def check_activation(name: str, value: object) -> str:
     if key not in ACTIVATIONS:
         raise ConfigError(f"{name} must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
     return key
+
+
+#: standard deviation of the normal initialiser of every embedding table, in both frameworks
+EMBEDDING_INIT_STD = 1e-4

@@ -1,0 +1,43 @@
+"""Building blocks of the TensorFlow (Keras 3) CTR models; mirror of :mod:`ctrkit.pytorch.layers`.
+
+Conventions the trainer relies on (as in the torch package):
+
+* every embedding parameter lives in an :class:`EmbeddingTable`; the embedding L2 regulariser is
+  the table's own ``add_loss`` over the rows a training call looked up (set ``table.l2``);
+* free biases are :class:`Bias` layers (no weight decay); Dense biases and :class:`BatchNorm1d`
+  are likewise exempt, every other weight is decayed;
+* kernels are Xavier-normal (untruncated), biases zero, embedding rows ``N(0, 1e-4^2)``;
+* every layer has ``torch_parameters()``: the names of the mirrored torch module's
+  ``state_dict`` -> (variable, layout), see :mod:`ctrkit.parity`.
+"""
+
+from ctrkit.hparam_checks import ACTIVATIONS
+from ctrkit.tensorflow.layers.embedding import Bias, EmbeddingTable, FieldEmbedding, Linear
+from ctrkit.tensorflow.layers.interaction import (
+    AttentionalPooling,
+    CompressedInteractionNetwork,
+    CrossNet,
+    FactorizationMachine,
+    FieldAwareFactorizationMachine,
+    MultiHeadSelfAttention,
+)
+from ctrkit.tensorflow.layers.mlp import MLP, BatchNorm1d, dense, make_activation, xavier_normal
+
+__all__ = [
+    "ACTIVATIONS",
+    "AttentionalPooling",
+    "BatchNorm1d",
+    "Bias",
+    "CompressedInteractionNetwork",
+    "CrossNet",
+    "EmbeddingTable",
+    "FactorizationMachine",
+    "FieldAwareFactorizationMachine",
+    "FieldEmbedding",
+    "Linear",
+    "MLP",
+    "MultiHeadSelfAttention",
+    "dense",
+    "make_activation",
+    "xavier_normal",
+]

@@ -1,0 +1,21 @@
+"""Dtype rules shared by the TensorFlow blocks (torch's promotion and autocast choices, in Keras)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+_LOW = (tf.bfloat16, tf.float16)
+
+
+def widened(dtype: tf.DType) -> tf.DType:
+    """float32 for bf16/fp16, ``dtype`` otherwise: where torch keeps sums of many terms out of autocast."""
+    return tf.float32 if dtype in _LOW else dtype
+
+
+def promoted(a: tf.DType, b: tf.DType) -> tf.DType:
+    """The float dtype torch's type promotion gives ``a op b`` (bf16 + fp32 -> fp32, bf16 + fp16 -> fp32)."""
+    if a == b:
+        return a
+    if a in _LOW and b in _LOW:
+        return tf.float32
+    return a if a.size > b.size else b

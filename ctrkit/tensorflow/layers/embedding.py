@@ -1,0 +1,296 @@
+"""Embedding blocks (TensorFlow): the single embedding table, per-field lookup, free biases, first-order term.
+
+Mirror of :mod:`ctrkit.pytorch.layers.embedding`, class for class, same constructor arguments.
+
+Why weights are created when the layer is constructed: every variable shape here is known from the
+constructor (the schema gives the table size), and a layer that holds its weights from the start
+can receive converted PyTorch weights (:mod:`ctrkit.parity`) or a checkpoint before it has seen a
+batch. Each layer still creates them in ``build()``, which ``__init__`` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import keras
+import tensorflow as tf
+
+from ctrkit.errors import ConfigError
+from ctrkit.hparam_checks import EMBEDDING_INIT_STD, check_int
+from ctrkit.parity import TorchParameters, compose_torch_parameters
+from ctrkit.schema import Schema
+from ctrkit.tensorflow.layers._dtypes import promoted
+
+
+def as_schema(schema: Schema | Mapping) -> Schema:
+    """A :class:`Schema` from a schema or its ``to_dict()`` (what ``get_config`` stores)."""
+    return schema if isinstance(schema, Schema) else Schema.from_dict(dict(schema))
+
+
+@keras.saving.register_keras_serializable(package="ctrkit")
+class EmbeddingTable(keras.layers.Layer):
+    """A plain embedding matrix; the only place where embedding parameters live.
+
+    ``out[..., :] = weight[ids[...], :]`` (one ``tf.gather``). Rows are initialised from
+    ``N(0, init_std^2)`` (default ``1e-4``). The rows are returned in the variable's dtype (float32
+    under ``mixed_bfloat16``, like ``F.embedding`` under torch autocast): the layer does not autocast.
+
+    **Embedding regulariser** (the torch trainer's rule, applied by the layer itself since Keras
+    has no forward hooks): the trainer sets the attribute ``l2`` (default 0, not part of the
+    config). When ``l2 > 0`` and the call has ``training=True`` the layer calls
+    ``self.add_loss(l2 * sum(rows ** 2) / batch_size)`` over the rows this call looked up, in
+    float32: a row read twice counts twice, rows whose ``counted`` entry is False (sequence
+    padding) count zero. ``batch_size`` defaults to ``ids.shape[0]``. The trainer adds
+    ``sum(model.losses)`` to the BCE. ``l2`` is read when the call is traced: set it before the
+    first traced training step.
+
+    The trainer finds every ``EmbeddingTable`` by type (no weight decay on ``weight``).
+
+    Args:
+        num_rows: number of rows.
+        dim: row width.
+        init_std: standard deviation of the normal initialiser.
+
+    Shapes: ``ids`` int ``[...]`` -> ``[..., dim]``.
+
+    Example::
+
+        table = EmbeddingTable(100, 8)
+        table(tf.constant([[1, 2], [3, 0]])).shape  # TensorShape([2, 2, 8])
+    """
+
+    def __init__(self, num_rows: int, dim: int, init_std: float = EMBEDDING_INIT_STD, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_rows = check_int("num_rows", num_rows)
+        self.dim = check_int("dim", dim)
+        self.init_std = float(init_std)
+        self.autocast = False  # rows stay in the variable dtype, like F.embedding under autocast
+        self.l2 = 0.0
+        self.build()
+
+    def build(self, input_shape=None) -> None:
+        if self.built:
+            return
+        self.weight = self.add_weight(
+            shape=(self.num_rows, self.dim),
+            initializer=keras.initializers.RandomNormal(mean=0.0, stddev=self.init_std),
+            name="weight",
+        )
+        self.built = True
+
+    def call(self, ids, training=None, counted=None, batch_size=None):
+        rows = tf.gather(self.weight, ids)  # (..., dim)
+        if training and self.l2 > 0:
+            self.add_loss(self.regularisation(rows, counted, batch_size if batch_size is not None else tf.shape(ids)[0]))
+        return rows
+
+    def regularisation(self, rows, counted=None, batch_size=1):
+        """``l2 * sum(rows ** 2) / batch_size`` in float32, rows with ``counted == False`` left out."""
+        squares = tf.reduce_sum(tf.square(tf.cast(rows, tf.float32)), axis=-1)  # (...,)
+        if counted is not None:
+            squares = squares * tf.cast(counted, tf.float32)
+        return self.l2 * tf.reduce_sum(squares) / tf.cast(batch_size, tf.float32)
+
+    def torch_parameters(self) -> TorchParameters:
+        return {"weight": (self.weight, "same")}
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_rows": self.num_rows, "dim": self.dim, "init_std": self.init_std}
+
+
+@keras.saving.register_keras_serializable(package="ctrkit")
+class Bias(keras.layers.Layer):
+    """A free bias (one that is not the bias of a Dense layer): ``y = x + b``.
+
+    Held in its own layer so that the trainer can exclude it from weight decay by type.
+    Initialised to zeros. The sum has torch's promoted dtype (bf16 input + float32 bias -> float32).
+
+    Args:
+        shape: shape of ``bias``; broadcast against the trailing dims of the input.
+
+    Shapes: ``x`` ``[..., *shape]`` -> same shape.
+
+    Example::
+
+        b = Bias(1)
+        b(tf.zeros((4, 1))).shape  # TensorShape([4, 1])
+    """
+
+    def __init__(self, shape: int | Sequence[int], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        self.autocast = False  # torch adds an fp32 bias to a bf16 input in fp32
+        self.build()
+
+    def build(self, input_shape=None) -> None:
+        if self.built:
+            return
+        self.bias = self.add_weight(shape=self.shape, initializer="zeros", name="bias")
+        self.built = True
+
+    def call(self, x):
+        dtype = promoted(x.dtype, self.bias.dtype)
+        return tf.cast(x, dtype) + tf.cast(self.bias, dtype)
+
+    def torch_parameters(self) -> TorchParameters:
+        return {"bias": (self.bias, "same")}
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "shape": list(self.shape)}
+
+
+@keras.saving.register_keras_serializable(package="ctrkit")
+class FieldEmbedding(keras.layers.Layer):
+    """One ``dim``-wide vector per input field, from ONE :class:`EmbeddingTable`.
+
+    Table rows: the sparse fields' vocabularies concatenated (field ``i`` starts at
+    ``schema.sparse_offsets[i]``), then one row per dense field. Output fields, in this order:
+
+    * sparse field ``i``:      ``e_i = T[offset_i + id_i]``;
+    * dense field ``j``:       ``e_j = T[dense_row_j] * x_j`` -- the numerical-field treatment of
+      AutoInt (Song et al., CIKM 2019, https://arxiv.org/abs/1810.11921, eq. 4);
+    * sequence field ``s``:    ``e_s = (1/|S|) sum_{t in S} T[offset_shared + id_t]`` where ``S``
+      are the non-padding positions (id != 0); an all-padding sequence gives the zero vector.
+
+    All ids (sparse, dense rows and sequence items) are looked up in ONE gather of static shape
+    ``[B, K + sum L]`` (XLA-friendly). Padding positions are gathered but weighted zero in the mean
+    and marked not ``counted`` for the table's regulariser, so both the outputs, their gradients
+    and the regulariser equal the torch block's, which does not look padding up at all. With
+    ``dim=1`` the same block gives first-order (linear) weights. Outputs are in the table's dtype
+    (float32 under ``mixed_bfloat16``, as in torch autocast).
+
+    Args:
+        schema: the input schema (or its ``to_dict()``).
+        dim: embedding width.
+        init_std: std of the table's normal initialiser.
+
+    Shapes: ``batch["sparse"]`` int ``[B, n_sparse]``, ``batch["dense"]`` float ``[B, n_dense]``,
+    ``batch["seq:<name>"]`` int ``[B, L]`` -> ``[B, F, dim]`` with
+    ``F = n_sparse + n_dense + n_sequence``. Other batch keys (``label``) are ignored.
+
+    Example::
+
+        emb = FieldEmbedding(schema, 16)
+        emb(batch).shape  # TensorShape([B, emb.num_fields, 16])
+    """
+
+    def __init__(self, schema: Schema | Mapping, dim: int, init_std: float = EMBEDDING_INIT_STD, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.schema = as_schema(schema)
+        self.dim = check_int("embed_size", dim)
+        self.init_std = float(init_std)
+        self.n_sparse = len(self.schema.sparse)
+        self.n_dense = len(self.schema.dense)
+        self.n_sequence = len(self.schema.sequence)
+        if self.num_fields == 0:
+            raise ConfigError("the schema has no input fields")
+        self.field_names: list[str] = [f.name for f in self.schema.sparse + self.schema.dense + self.schema.sequence]
+        total_vocab = self.schema.total_vocab
+        self.autocast = False
+        self.table = EmbeddingTable(total_vocab + self.n_dense, self.dim, self.init_std, dtype=self.dtype_policy,
+                                    name="table")
+        self.index_dtype = tf.int32 if self.table.num_rows < 2**31 else tf.int64
+        self.offsets = [int(o) for o in self.schema.sparse_offsets]  # (n_sparse,)
+        self.dense_rows = list(range(total_vocab, total_vocab + self.n_dense))  # (n_dense,)
+        self.sequence_keys: list[str] = [f"seq:{f.name}" for f in self.schema.sequence]
+        self.sequence_offsets = [self.offsets[self.schema.sparse_index(f.shares)] for f in self.schema.sequence]
+        self.built = True
+
+    @property
+    def num_fields(self) -> int:
+        """``F``: number of output fields (sparse + dense + sequence)."""
+        return self.n_sparse + self.n_dense + self.n_sequence
+
+    def call(self, batch, training=None):
+        ids, counted, batch_size = self._ids(batch)  # (B, K + sum L)
+        rows = self.table(ids, training=training, counted=counted, batch_size=batch_size)  # (B, K + sum L, D)
+        k = self.n_sparse + self.n_dense
+        out = rows[:, :k]  # (B, K, D)
+        if self.n_dense:
+            ones = tf.ones((batch_size, self.n_sparse), dtype=rows.dtype)
+            scale = tf.concat([ones, tf.cast(batch["dense"], rows.dtype)], axis=1)  # (B, K)
+            out = out * scale[:, :, None]  # (B, K, D)
+        if self.n_sequence:
+            pooled = self._pool(rows[:, k:], counted[:, k:], batch)  # (B, n_seq, D)
+            out = tf.concat([out, pooled], axis=1) if k else pooled  # (B, F, D)
+        return out
+
+    def _ids(self, batch):
+        """Table rows of every field and sequence position, ``counted`` (non-padding) and ``B``."""
+        parts, masks = [], []
+        if self.n_sparse:
+            sparse = tf.cast(batch["sparse"], self.index_dtype)
+            parts.append(sparse + tf.constant(self.offsets, self.index_dtype))  # (B, S)
+        first = batch["sparse"] if self.n_sparse else batch["dense"] if self.n_dense else batch[self.sequence_keys[0]]
+        batch_size = tf.shape(first)[0]
+        if self.n_dense:
+            dense_rows = tf.constant(self.dense_rows, self.index_dtype)
+            parts.append(tf.broadcast_to(dense_rows[None, :], (batch_size, self.n_dense)))  # (B, Nd)
+        if self.n_sequence:
+            if parts:
+                masks.append(tf.ones((batch_size, self.n_sparse + self.n_dense), tf.bool))
+            for key, offset in zip(self.sequence_keys, self.sequence_offsets):
+                seq = tf.cast(batch[key], self.index_dtype)  # (B, L)
+                parts.append(seq + offset)
+                masks.append(seq > 0)
+        ids = tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]  # (B, K + sum L)
+        counted = (tf.concat(masks, axis=1) if len(masks) > 1 else masks[0]) if masks else None
+        return ids, counted, batch_size
+
+    def _pool(self, items, counted, batch):
+        """Mean of each sequence's non-padding rows: ``[B, sum L, D]`` -> ``[B, n_seq, D]``."""
+        pooled, start = [], 0
+        weights = tf.cast(counted, items.dtype)  # (B, sum L)
+        for key in self.sequence_keys:
+            length = batch[key].shape[1]
+            w = weights[:, start:start + length]  # (B, L)
+            sums = tf.einsum("bl,bld->bd", w, items[:, start:start + length])  # (B, D)
+            counts = tf.maximum(tf.reduce_sum(w, axis=1, keepdims=True), 1.0)  # (B, 1)
+            pooled.append(sums / counts)
+            start += length
+        return tf.stack(pooled, axis=1)  # (B, n_seq, D)
+
+    def torch_parameters(self) -> TorchParameters:
+        return compose_torch_parameters({"table": self.table})
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "schema": self.schema.to_dict(), "dim": self.dim, "init_std": self.init_std}
+
+
+@keras.saving.register_keras_serializable(package="ctrkit")
+class Linear(keras.layers.Layer):
+    """First-order term of LR/FM: ``y = b + sum_i w_i x_i``.
+
+    ``w`` comes from a :class:`FieldEmbedding` of width 1 (sparse: ``w[id]``; dense: ``w_j * x_j``;
+    sequence: mean of the items' weights), ``b`` is a :class:`Bias`. The torch attribute
+    ``weights`` is ``field_weights`` here (``weights`` is a Keras ``Layer`` property); the torch
+    names (``weights.table.weight``) are kept by :meth:`torch_parameters`.
+
+    Args:
+        schema: the input schema (or its ``to_dict()``).
+
+    Shapes: batch -> ``[B, 1]``.
+
+    Example::
+
+        linear = Linear(schema)
+        linear(batch).shape  # TensorShape([B, 1])
+    """
+
+    def __init__(self, schema: Schema | Mapping, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.schema = as_schema(schema)
+        self.autocast = False
+        self.field_weights = FieldEmbedding(self.schema, 1, dtype=self.dtype_policy, name="weights")
+        self.bias = Bias(1, dtype=self.dtype_policy, name="bias")
+        self.built = True
+
+    def call(self, batch, training=None):
+        w = self.field_weights(batch, training=training)  # (B, F, 1)
+        return self.bias(tf.reduce_sum(w, axis=1))  # (B, 1)
+
+    def torch_parameters(self) -> TorchParameters:
+        return compose_torch_parameters({"weights": self.field_weights, "bias": self.bias})
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "schema": self.schema.to_dict()}
