@@ -75,6 +75,7 @@ class EmbeddingTable(keras.layers.Layer):
             shape=(self.num_rows, self.dim),
             initializer=keras.initializers.RandomNormal(mean=0.0, stddev=self.init_std),
             name="weight",
+            autocast=False,  # never read as a bf16 copy of the whole table
         )
         self.built = True
 
@@ -125,7 +126,7 @@ class Bias(keras.layers.Layer):
     def build(self, input_shape=None) -> None:
         if self.built:
             return
-        self.bias = self.add_weight(shape=self.shape, initializer="zeros", name="bias")
+        self.bias = self.add_weight(shape=self.shape, initializer="zeros", name="bias", autocast=False)
         self.built = True
 
     def call(self, x):

@@ -150,7 +150,8 @@ class CrossNet(keras.layers.Layer):
             return
         std = math.sqrt(2.0 / (self.input_dim + 1))  # Xavier normal of a (d x 1) matrix
         self.weight = self.add_weight(shape=(self.num_layers, self.input_dim),
-                                      initializer=keras.initializers.RandomNormal(0.0, std), name="weight")
+                                      initializer=keras.initializers.RandomNormal(0.0, std), name="weight",
+                                      autocast=False)
         self.biases = [Bias(self.input_dim, dtype=self.dtype_policy, name=f"biases_{i}") for i in range(self.num_layers)]
         self.built = True
 
