@@ -172,8 +172,9 @@ class TrainConfig:
     def _validate_required(self) -> None:
         framework = _FRAMEWORK_ALIASES.get(str(self.framework).lower(), self.framework)
         self.framework = _choice("framework", framework, FRAMEWORKS)
-        if self.framework == "tf":
-            raise ConfigError("--framework tf: TensorFlow training is not available yet; use --framework torch")
+        from ctrkit.training.frameworks import check_framework_available  # light: imports no framework
+
+        check_framework_available(self.framework)
         if not self.model or not str(self.model).strip():
             raise ConfigError("--model is required (see `ctrkit models` for the list)")
         from ctrkit.registry import get_model_info  # light: the registry imports no torch

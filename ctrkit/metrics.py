@@ -4,6 +4,8 @@
   ``O(n log n)``.
 * :func:`logloss` — mean binary cross-entropy of probabilities, clipped away from 0 and 1 so a
   single confident mistake gives a large but finite value.
+* :func:`binary_metrics` / :func:`evaluation_metrics` — what training and ``ctrkit evaluate``
+  report: AUC, logloss, rows, CTR, and gAUC when the rows carry a group id.
 * :func:`gauc` — group AUC: the AUC of each user (group) that has both clicks and non-clicks,
   averaged with weights equal to the user's number of impressions (as in the DIN paper).
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["auc", "logloss", "gauc", "binary_metrics"]
+__all__ = ["auc", "logloss", "gauc", "binary_metrics", "evaluation_metrics"]
 
 EPS = 1e-7
 
@@ -130,3 +132,11 @@ def binary_metrics(labels, probs) -> dict[str, float]:
         "rows": int(len(y)),
         "ctr": float(y.mean()) if len(y) else float("nan"),
     }
+
+
+def evaluation_metrics(labels, probs, groups=None) -> dict[str, float]:
+    """:func:`binary_metrics`, plus ``gauc`` when ``groups`` (a group id per row, e.g. users) is given."""
+    metrics = binary_metrics(labels, probs)
+    if groups is not None:
+        metrics["gauc"] = gauc(labels, probs, groups)
+    return metrics

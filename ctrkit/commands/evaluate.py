@@ -11,9 +11,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="metrics of a checkpoint on a split of a store",
-        description="Evaluate a checkpoint (a .pt file, or a model_save_dir holding best.pt) on a store split.",
+        description="Evaluate a checkpoint (PyTorch or TensorFlow; a checkpoint, or a model_save_dir holding "
+                    "best.pt or best.tf) on a store split.",
     )
-    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or model_save_dir (uses best.pt)")
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint, or model_save_dir (uses best.pt / best.tf)")
     parser.add_argument("--data", required=True, metavar="STORE", help="store built by `ctrkit preprocess`")
     parser.add_argument("--split", default="test", help="split to evaluate [default: test]")
     parser.add_argument("--out", metavar="JSON", help="also write the metrics to this JSON file (- for stdout)")
@@ -26,7 +27,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", default="8192", help="rows per batch [default: 8192]")
     parser.add_argument("--gpu_ids", default="", help='one GPU to run on, e.g. "0" [default: CPU]')
     parser.add_argument("--num_workers", default="0", help="DataLoader worker processes [default: 0]")
-    parser.add_argument("--threads", default="0", help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--threads", default="0", help="intra-op threads of the framework (0: its default)")
 
 
 def inference_overrides(args: argparse.Namespace) -> dict:
@@ -57,21 +58,19 @@ def open_store(path: str):
 
 
 def load_trainer(checkpoint: str, overrides: dict):
-    """Check devices, then rebuild the trainer from the checkpoint."""
-    import torch
+    """The trainer of the checkpoint, in its framework (PyTorch or TensorFlow), on the device asked for."""
+    from ctrkit.training.frameworks import load_for_inference
 
-    from ctrkit.pytorch.trainer import Trainer, check_gpu_ids
-
-    check_gpu_ids(overrides["gpu_ids"])
-    if overrides["threads"]:
-        torch.set_num_threads(overrides["threads"])
-    return Trainer.from_checkpoint(checkpoint, **overrides)
+    return load_for_inference(checkpoint, **overrides)
 
 
 def inference_inputs(args: argparse.Namespace) -> list[Path]:
     """The files ``evaluate``/``predict`` read: ``--out`` must be none of them."""
+    from ctrkit.training.rundir import CHECKPOINT_NAMES
+
     checkpoint, store = Path(args.checkpoint), Path(args.data)
-    inputs = [checkpoint, checkpoint / "best.pt", store / "data.mdb", store / "lock.mdb"]
+    bests = [checkpoint / names["best"] for names in CHECKPOINT_NAMES.values()]
+    inputs = [checkpoint, *bests, store / "data.mdb", store / "lock.mdb"]
     raw = getattr(args, "raw", None)
     return inputs + ([Path(raw)] if raw else [])
 

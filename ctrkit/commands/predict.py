@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="click probabilities for a raw Criteo file",
         description="Score the rows of a raw Criteo TSV file (labeled or not) with a checkpoint.",
     )
-    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or model_save_dir (uses best.pt)")
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint, or model_save_dir (uses best.pt / best.tf)")
     parser.add_argument("raw", metavar="RAW.tsv", help="raw rows to score")
     parser.add_argument("--out", required=True, metavar="SCORES.tsv",
                         help="output: one probability per line (- for stdout)")
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no such file: {args.raw}")
     store = open_store(args.data)
     trainer = load_trainer(args.checkpoint, overrides)
-    trainer._check_schema(store)
+    trainer.check_schema(store)
     rows = _write_scores(trainer, store, args.raw, args.out, overrides["eval_batch_size"], inputs)
     print(f"wrote {rows} probabilities to {output_name(args.out)}", file=summary_stream(args.out))
     return 0

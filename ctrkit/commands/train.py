@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from ctrkit.config import TrainConfig
 
     config = TrainConfig.from_args(args)
-    from ctrkit.pytorch.trainer import TrainingInterrupted, train_from_config
+    from ctrkit.training.errors import TrainingInterrupted
+    from ctrkit.training.frameworks import train_from_config
 
     try:
         metrics = train_from_config(config, warn=lambda message: print(message, file=sys.stderr))

@@ -1,30 +1,26 @@
-"""Training, evaluation and prediction of the PyTorch models.
+"""The PyTorch side of training: the torch :class:`~ctrkit.training.backend.Backend`.
 
-``Trainer(model, config).fit(store)`` runs the whole recipe: optimiser with parameter groups,
-per-epoch validation (AUC, logloss), learning rate x ``lr_factor`` on a validation plateau, early
-stopping, best and resumable checkpoints, test metrics of the best weights, ``metrics.json``,
-TensorBoard scalars and progress bars.
+``Trainer(model, config).fit(store)`` runs the whole recipe through the framework-neutral core
+(:class:`ctrkit.training.loop.TrainingLoop`: epochs, validation, plateau, early stopping, best and
+resumable checkpoints, test metrics, ``metrics.json``, TensorBoard, progress bars, divergence,
+signals, the run directory). What is torch's own lives here:
 
-Regularisation (chosen by module type, never by parameter-name substrings; see
-:func:`parameter_groups`):
-
-* ``embedding`` group — the weights of every :class:`~ctrkit.pytorch.layers.EmbeddingTable`: no
-  weight decay. Instead a forward hook on each table adds ``embedding_l2 * sum(rows ** 2) / B`` to
-  the loss for the rows the batch actually looked up (a row read twice counts twice), so the
-  regulariser costs ``O(B)`` per step instead of ``O(vocabulary)``.
-* ``no_decay`` group — parameters of norm layers, of ``Bias`` modules, and the ``bias`` of
-  ``nn.Linear``/``nn.Conv*``.
-* ``decay`` group — everything else, with ``weight_decay``. For Adam, Adagrad and SGD this is the
-  classic coupled L2 penalty: the optimiser adds ``weight_decay * w`` to the gradient, exactly the
-  gradient of ``weight_decay / 2 * ||w||^2`` added to the loss (it is not added to the reported
-  loss). For AdamW it is the decoupled decay of Loshchilov & Hutter (``w -= lr * weight_decay * w``).
-
-Devices and processes: no ``gpu_ids`` -> CPU; one id -> ``cuda:<id>``; several ids (or
-``cpu_processes > 1``) -> one process per device started with ``torch.multiprocessing.spawn``,
-``DistributedDataParallel`` over NCCL (GPUs) or gloo (CPU), global batch split evenly across ranks.
-Started by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment) the trainer joins
-the existing ``env://`` group instead of spawning. Rank 0 alone writes files and prints; evaluation
-is sharded across ranks and the predictions are gathered, so metrics equal single-process ones.
+* the optimiser over parameter groups chosen by module type (:func:`parameter_groups`, the
+  neutral rule of :mod:`ctrkit.training.regularization`): ``embedding`` (the weights of every
+  :class:`~ctrkit.pytorch.layers.EmbeddingTable`, no weight decay; a forward hook on each table
+  adds ``embedding_l2 * sum(rows ** 2) / B`` of the rows the batch looked up to the objective),
+  ``no_decay`` (norm layers, ``Bias`` modules, the ``bias`` of ``nn.Linear``/``nn.Conv*``) and
+  ``decay`` (everything else, with ``weight_decay``: coupled L2 for Adam, Adagrad and SGD,
+  decoupled for AdamW);
+* one training step (:meth:`Trainer.compute_loss`: BCE of the logits, plus the embedding term and
+  a model's auxiliary loss, :mod:`ctrkit.training.objective`), predictions, bf16 autocast;
+* checkpoint files, their checks and the RNG states;
+* devices and processes: no ``gpu_ids`` -> CPU; one id -> ``cuda:<id>``; several ids (or
+  ``cpu_processes > 1``) -> one process per device started with ``torch.multiprocessing.spawn``,
+  ``DistributedDataParallel`` over NCCL (GPUs) or gloo (CPU), global batch split evenly across
+  ranks. Started by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment) the
+  trainer joins the existing ``env://`` group instead of spawning. Evaluation is sharded across
+  ranks and the predictions are gathered, so metrics equal single-process ones.
 
 Checkpoints hold only tensors and plain Python values, are written atomically (temporary file,
 fsync, ``os.replace``) and are always loaded with ``torch.load(..., weights_only=True)``. Both
@@ -36,37 +32,21 @@ fsync, ``os.replace``) and are always loaded with ``torch.load(..., weights_only
     config (TrainConfig.to_dict()), model (state_dict, CPU tensors)
 
 ``best.pt`` adds ``epoch`` (1-based) and ``valid`` (its validation metrics); ``last.pt`` adds
-``optimizer`` and ``scheduler`` state dicts, ``rng`` (torch CPU/CUDA states as uint8 tensors, numpy
-MT19937 keys as an int64 tensor plus position/gauss, python's state as a list) and ``progress``
-(:class:`Progress`: epoch, batch within the epoch, step, best AUC/epoch, epochs without improvement,
-stop reason, history, the epoch's running loss sum and rows, world size).
-
-Faults (each a one-line :class:`~ctrkit.errors.CtrkitError`, nothing half-written):
-
-* divergence — a non-finite training loss (checked at every ``log_every`` step, before every
-  checkpoint and at each epoch end, where the loss sum is read back from the device anyway) or
-  non-finite weights before a checkpoint stop training with :class:`TrainingDivergedError`; the
-  checkpoints keep the last finite weights. A non-finite validation score never counts as an
-  improvement. An epoch loss far above that of a constant prediction gets a warning.
-* the run directory — a directory holding a previous run needs ``resume`` or ``overwrite``; it
-  is locked for the whole run (:func:`ctrkit.fileio.target_lock`), and what killed runs left in it
-  (``.last.pt.tmp-<pid>``) is removed at the start.
-* preemption — in a single-process run, SIGINT or SIGTERM finishes the current step, writes
-  ``last.pt`` and raises :class:`TrainingInterrupted` (exit code 128 + the signal number); a
-  second signal stops at once (the atomic writes keep the previous files). Under DDP the signals
-  keep their default behaviour: the ranks would have to agree on the step to stop at.
-* broken checkpoints — every loaded checkpoint is checked (entries and their types, tensor
-  shapes against the model its schema and hyper-parameters describe, built first on the
-  ``meta`` device so an absurd vocabulary allocates nothing, finite weights).
-* disk full — a checkpoint or ``metrics.json`` that cannot be written is an
-  :class:`~ctrkit.errors.OutputError` that says which previous files are intact.
+``optimizer`` (its state dict), ``scheduler`` (:class:`~ctrkit.training.policy.PlateauSchedule`'s
+state; files written before it hold a torch ``ReduceLROnPlateau`` state, which is read too),
+``rng`` (torch CPU/CUDA states as uint8 tensors, numpy MT19937 keys as an int64 tensor plus
+position/gauss, python's state as a list) and ``progress``
+(:class:`~ctrkit.training.progress.Progress` with ``epoch_loss_sum`` as a float64 tensor and the
+world size). Every loaded checkpoint is checked (entries and their types, tensor shapes against
+the model its schema and hyper-parameters describe, built first on the ``meta`` device so an
+absurd vocabulary allocates nothing, finite weights).
 
 Determinism: ``--seed`` seeds python, numpy and torch; on CPU the trainer also switches on
 ``torch.use_deterministic_algorithms(True, warn_only=True)`` (process-wide, without its NaN-filling
-of new tensors). Two CPU runs with the same seed and thread count give identical metrics, and a resumed run reproduces the uninterrupted
-one exactly: data order is a function of ``(seed, epoch)``, the loader uses its own generator, and
-the RNG states are restored at the step where ``last.pt`` was written. Under DDP every rank holds
-the same RNG state (same seed, same number of draws), so rank 0's is the one saved.
+of new tensors). Two CPU runs with the same seed and thread count give identical metrics, and a
+resumed run reproduces the uninterrupted one exactly: data order is a function of ``(seed, epoch)``,
+the loader uses its own generator, and the RNG states are restored at the step where ``last.pt``
+was written. Under DDP every rank holds the same RNG state, so rank 0's is the one saved.
 """
 
 from __future__ import annotations
@@ -77,16 +57,11 @@ import dataclasses
 import errno
 import gc
 import json
-import math
 import os
 import random
-import shutil
-import signal
 import sys
-import threading
-import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -101,33 +76,46 @@ from ctrkit.config import TrainConfig
 from ctrkit.data.batches import BatchReader
 from ctrkit.data.contract import check_batch
 from ctrkit.data.store import Store
-from ctrkit.errors import ConfigError, CtrkitError, InputError, OutputError, StoreError
-from ctrkit.fileio import (
-    atomic_output,
-    clean_directory_debris,
-    is_disk_full,
-    json_safe,  # noqa: F401 (moved to ctrkit.fileio; `from ctrkit.pytorch.trainer import json_safe` still works)
-    os_error_message,
-    target_lock,
-    write_json_atomic,
-)
-from ctrkit.metrics import binary_metrics
+from ctrkit.errors import ConfigError, CtrkitError, InputError, StoreError
+from ctrkit.fileio import atomic_output, is_disk_full
+from ctrkit.fileio import json_safe  # noqa: F401 (moved to ctrkit.fileio; old import path kept)
+from ctrkit.metrics import evaluation_metrics
 from ctrkit.pytorch.layers import Bias, EmbeddingTable
 from ctrkit.pytorch.loader import make_loader, to_tensors
 from ctrkit.runtime import busy_cores_advice, keep_freed_memory
 from ctrkit.schema import Schema
+from ctrkit.training.backend import RunMeta
+from ctrkit.training.errors import TrainingDivergedError, TrainingInterrupted
+from ctrkit.training.frameworks import train_from_config  # noqa: F401 (the entry point of `ctrkit train`)
+from ctrkit.training.loop import TrainingLoop
+from ctrkit.training.objective import GROUP, split_output, training_objective
+from ctrkit.training.policy import (  # noqa: F401 (moved to ctrkit.training.policy; old import paths kept)
+    LOSS_WARNING_FACTOR,
+    PlateauSchedule,
+    base_rate_loss,
+    high_loss_warning,
+    is_improvement,
+)
+from ctrkit.training.progress import Progress
+from ctrkit.training.regularization import GROUPS, RegularizationSpec
+from ctrkit.training.reporting import METRICS, TENSORBOARD, no_tensorboard_warning
+from ctrkit.training.rundir import (  # noqa: F401 (moved to ctrkit.training.rundir; old import paths kept)
+    RUN_FILES,
+    check_previous_run,
+    check_run_directory,
+    checkpoint_name,
+    create_run_directory,
+    describe_previous_run,
+    open_run_directory,
+    previous_run_files,
+)
+from ctrkit.training.signals import IgnoreStopSignals, StopSignals  # noqa: F401
 
 CHECKPOINT_FORMAT = "ctrkit-torch-checkpoint"
 CHECKPOINT_VERSION = 1
-LAST = "last.pt"
-BEST = "best.pt"
-METRICS = "metrics.json"
-TENSORBOARD = "tensorboard"
-#: What a run leaves in its ``model_save_dir``: a directory holding any of them holds a run.
-RUN_FILES = (BEST, LAST, METRICS, TENSORBOARD)
-#: An epoch's mean training loss above this is far worse than predicting 50 % for every row
-#: (BCE log 2), itself no better than the base rate: a sign of a too high learning rate.
-LOSS_WARNING_FACTOR = 10.0
+FRAMEWORK = "torch"
+LAST = checkpoint_name(FRAMEWORK, "last")
+BEST = checkpoint_name(FRAMEWORK, "best")
 
 _NORM_TYPES = (
     nn.modules.batchnorm._BatchNorm,
@@ -153,26 +141,27 @@ def parameter_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict[s
 
     Returns optimiser parameter groups (empty groups left out), each with a ``name`` key.
     """
-    groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "embedding": []}
+    spec = RegularizationSpec(weight_decay=weight_decay)
+    groups: dict[str, list[nn.Parameter]] = {name: [] for name in GROUPS}
     seen: set[int] = set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            groups[_group_of(module, name)].append(param)
-    decay = {"decay": weight_decay, "no_decay": 0.0, "embedding": 0.0}
-    return [{"name": k, "params": v, "weight_decay": decay[k]} for k, v in groups.items() if v]
+            groups[spec.group_of(parameter_role(module, name))].append(param)
+    return [{"name": k, "params": v, "weight_decay": spec.weight_decay_of(k)} for k, v in groups.items() if v]
 
 
-def _group_of(module: nn.Module, param_name: str) -> str:
+def parameter_role(module: nn.Module, param_name: str) -> str:
+    """The :mod:`~ctrkit.training.regularization` role of ``module``'s parameter ``param_name``."""
     if isinstance(module, EmbeddingTable):
         return "embedding"
-    if isinstance(module, _NORM_TYPES) or isinstance(module, Bias):
-        return "no_decay"
-    if param_name == "bias" and isinstance(module, _BIASED_TYPES):
-        return "no_decay"
-    return "decay"
+    if isinstance(module, _NORM_TYPES):
+        return "norm"
+    if isinstance(module, Bias) or (param_name == "bias" and isinstance(module, _BIASED_TYPES)):
+        return "bias"
+    return "weight"
 
 
 def initialise_weights(model: nn.Module, scheme: str) -> None:
@@ -241,25 +230,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors of a training run
-# ---------------------------------------------------------------------------------------------
-class TrainingDivergedError(CtrkitError):
-    """The training loss or the weights became non-finite; the checkpoints keep the last finite weights."""
-
-
-class TrainingInterrupted(CtrkitError):
-    """SIGINT or SIGTERM stopped training; ``exit_code`` is the shell's ``128 + signal number``."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = int(signum)
-        self.exit_code = 128 + self.signum
-
-    def __reduce__(self):  # pickle both arguments (Exception's default passes only the message)
-        return type(self), (str(self), self.signum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,8 +309,7 @@ def check_resume_entries(payload: Mapping[str, Any], path: str | os.PathLike) ->
     """InputError unless a ``last.pt`` holds what ``--resume`` needs (optimiser, scheduler, progress, RNG)."""
     _check_entries(payload, _RESUME_ENTRIES, path)
     progress = payload["progress"]
-    needed = [f.name for f in dataclasses.fields(Progress)] + ["epoch_loss_sum"]
-    missing = [name for name in needed if name not in progress]
+    missing = Progress.missing(progress)
     if missing:
         raise InputError(f"{path}: its 'progress' entry lacks {', '.join(missing)}; the checkpoint is damaged")
     if not isinstance(progress["epoch_loss_sum"], torch.Tensor):
@@ -443,190 +412,11 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-# ---------------------------------------------------------------------------------------------
-# Run policy: the run directory, divergence, signals (no torch; framework-neutral)
-# ---------------------------------------------------------------------------------------------
-def check_run_directory(save_dir: Path) -> None:
-    """OutputError unless ``save_dir`` is a directory or can be made one; creates nothing.
-
-    Catches an existing file at the path or above it (``file/sub``) and an unwritable parent
-    before any work; what only ``mkdir`` can tell (``/proc/x``) :func:`create_run_directory` reports.
-    """
-    if save_dir.exists() and not save_dir.is_dir():
-        raise OutputError(f"--model_save_dir {save_dir}: is a file, not a directory")
-    ancestor = save_dir
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise OutputError(f"--model_save_dir {save_dir}: {ancestor} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"--model_save_dir {save_dir}: directory {ancestor} is not writable")
-
-
-def create_run_directory(save_dir: Path) -> None:
-    """``mkdir -p save_dir``; a failure is one OutputError line."""
-    check_run_directory(save_dir)
-    try:
-        save_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"--model_save_dir {save_dir}: cannot create it: {os_error_message(exc)}") from None
-
-
-def previous_run_files(save_dir: Path) -> list[str]:
-    """The :data:`RUN_FILES` present in ``save_dir`` (an empty TensorBoard folder does not count)."""
-    found = []
-    for name in RUN_FILES:
-        path = save_dir / name
-        if path.is_dir():
-            if any(p.is_file() for p in path.rglob("*")):
-                found.append(name)
-        elif path.exists():
-            found.append(name)
-    return found
-
-
-def describe_previous_run(save_dir: Path) -> str:
-    """``a finished deepfm run`` / ``an unfinished run``, from its ``metrics.json`` where readable."""
-    try:
-        metrics = json.loads((save_dir / METRICS).read_text())
-    except (OSError, ValueError):
-        metrics = {}
-    if not isinstance(metrics, dict):
-        metrics = {}
-    model = metrics.get("model") if isinstance(metrics.get("model"), str) else ""
-    finished = metrics.get("stopped") in ("completed", "early_stopping")
-    return f"{'a finished' if finished else 'an unfinished'} {model + ' ' if model else ''}run"
-
-
-def check_previous_run(save_dir: Path, *, resume: bool, overwrite: bool) -> list[str]:
-    """The previous run's files that ``overwrite`` replaces; ConfigError if neither flag allows them."""
-    files = previous_run_files(save_dir) if save_dir.is_dir() else []
-    if files and not resume and not overwrite:
-        raise ConfigError(
-            f"{save_dir} holds {describe_previous_run(save_dir)} ({', '.join(files)}); "
-            "pass --resume to continue it or --overwrite to replace it"
-        )
-    return [] if resume else files
-
-
-@contextlib.contextmanager
-def open_run_directory(save_dir: Path, *, resume: bool, overwrite: bool,
-                       log: Callable[[str], None]) -> Iterator[None]:
-    """Create and lock ``save_dir`` for one run; tidy it first (debris, ``--overwrite``).
-
-    The lock (:func:`ctrkit.fileio.target_lock`) is held until the run ends, so a second training
-    into the same directory fails at once, naming the first. Debris of killed runs
-    (``.last.pt.tmp-<pid>`` of a dead pid) is removed; with ``overwrite`` the previous run's files
-    are removed too, so that nothing of it (TensorBoard events included) mixes with the new one.
-    """
-    create_run_directory(save_dir)
-    with target_lock(save_dir, "training"):
-        for line in clean_directory_debris(save_dir):
-            log(line)
-        replaced = check_previous_run(save_dir, resume=resume, overwrite=overwrite)
-        for name in replaced:
-            path = save_dir / name
-            try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-            except OSError as exc:
-                raise OutputError(f"--overwrite: cannot remove {path}: {os_error_message(exc)}") from None
-        if replaced:
-            log(f"--overwrite: removed the previous run's {', '.join(replaced)} from {save_dir}")
-        yield
-
-
-def is_improvement(score: Mapping[str, float], best_auc: float) -> bool:
-    """Whether a validation result beats the best AUC so far: both scores finite, the AUC higher.
-
-    (``nan > x`` is already False, but a NaN logloss with a finite AUC, or an infinite AUC, would
-    otherwise count as the best epoch and be saved as ``best.pt``.)
-    """
-    auc_value, logloss_value = float(score["auc"]), float(score["logloss"])
-    return math.isfinite(auc_value) and math.isfinite(logloss_value) and auc_value > best_auc
-
-
-def base_rate_loss(ctr: float) -> float:
-    """BCE of predicting the constant ``ctr`` for every row (the loss of knowing only the base rate)."""
-    if not 0.0 < ctr < 1.0:
-        return 0.0
-    return -(ctr * math.log(ctr) + (1.0 - ctr) * math.log(1.0 - ctr))
-
-
-def high_loss_warning(epoch: int, train_loss: float, ctr: float, lr: float) -> str | None:
-    """A warning when an epoch's loss is far above that of a constant prediction, else None."""
-    if not train_loss > LOSS_WARNING_FACTOR * math.log(2.0):
-        return None
-    if 0.0 < ctr < 1.0:
-        constant = f"{base_rate_loss(ctr):.3f}, the loss of predicting the training CTR {ctr:.3g} for every row"
-    else:
-        constant = f"{math.log(2.0):.3f}, the loss of predicting 50 % for every row"
-    return (f"warning: epoch {epoch} train_loss {train_loss:.6g} is far above {constant}; "
-            f"the learning rate (--lr {lr:g}) is probably too high")
-
-
-class StopSignals:
-    """SIGINT and SIGTERM while training: remember the first and let the trainer stop after the step.
-
-    Installed only in the main thread (Python's rule for signal handlers); elsewhere ``received``
-    stays None and the signals keep their previous handlers. A second signal raises
-    :class:`TrainingInterrupted` at once: the atomic writes leave every file complete.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is None:
-            self.received = signum
-            return
-        raise TrainingInterrupted(
-            f"interrupted again by {signal.Signals(signum).name} while stopping; stopped at once, "
-            "the files in --model_save_dir are those of the last complete write", signum
-        )
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else ""
-
-    @property
-    def installed(self) -> bool:
-        return bool(self._previous)
-
-
-class IgnoreStopSignals:
-    """``worker_init_fn`` of the training loader while :class:`StopSignals` is installed.
-
-    A scheduler's SIGTERM (or Ctrl-C in a terminal) reaches the loader workers too; dying of it,
-    they would make torch raise "DataLoader worker is killed by signal" in the main process, in
-    the middle of a step or of the ``last.pt`` write. Ignoring it, they keep serving batches
-    until the main process has saved and shuts them down.
-    """
-
-    def __init__(self, then: Callable[[int], None] | None = None):
-        self.then = then
-
-    def __call__(self, worker_id: int) -> None:
-        for signum in StopSignals.SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
-        if self.then is not None:
-            self.then(worker_id)
+def _load_resumable(path: Path) -> dict[str, Any]:
+    """``last.pt`` checked for everything ``--resume`` reads."""
+    payload = load_checkpoint(path)
+    check_resume_entries(payload, path)
+    return payload
 
 
 # ---------------------------------------------------------------------------------------------
@@ -720,32 +510,45 @@ def _close_group(device: torch.device) -> None:
     dist.destroy_process_group()
 
 
-# ---------------------------------------------------------------------------------------------
-# Training state
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Progress:
-    """Counters saved in ``last.pt``: where training is, and the early-stopping bookkeeping."""
+def _reraise_user_error(text: str) -> None:
+    """Re-raise a ctrkit user error that ended a spawned process as itself, without the traceback."""
+    import re
 
-    epoch: int = 0  # epoch in progress (0-based)
-    batch: int = 0  # batches of that epoch already trained on (per rank)
-    step: int = 0  # optimiser steps since the start
-    best_auc: float = -math.inf
-    best_epoch: int = 0  # 1-based; 0 = none yet
-    bad_epochs: int = 0
-    stopped: str = ""  # "", "early_stopping"
-    epoch_loss_rows: int = 0
-    history: list = field(default_factory=list)
+    import ctrkit.errors as errors
+
+    own = {"TrainingDivergedError": TrainingDivergedError}
+    for line in reversed(text.strip().splitlines()):
+        match = re.match(r"ctrkit\.(?:errors|pytorch\.trainer|training\.\w+)\.(\w+): (.*)", line.strip())
+        if not match:
+            continue
+        cls = own.get(match.group(1)) or getattr(errors, match.group(1), None)
+        if isinstance(cls, type):
+            raise cls(match.group(2)) from None
 
 
+def _gather_padded(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D tensor of any length from every rank, in rank order."""
+    world = dist.get_world_size()
+    length = torch.tensor([tensor.numel()], device=tensor.device)
+    lengths = [torch.zeros_like(length) for _ in range(world)]
+    dist.all_gather(lengths, length)
+    sizes = [int(n) for n in lengths]
+    padded = torch.zeros(max(sizes), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.numel()] = tensor
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
 # ---------------------------------------------------------------------------------------------
-# The trainer
+# The trainer: the torch Backend of ctrkit.training.loop.TrainingLoop, and the public API
 # ---------------------------------------------------------------------------------------------
 class Trainer:
     """Fit, evaluate and predict with one model.
 
     Args:
-        model: a pure model, ``model(batch) -> logits [B]``.
+        model: a pure model, ``model(batch) -> logits [B]`` (or ``{"logits": [B], "aux_loss": scalar}``,
+            :mod:`ctrkit.training.objective`).
         config: the training options (validated here). ``config.model`` may be left empty for a
             model the registry knows. The model's name and the hyper-parameters it was built with
             (recorded by :func:`~ctrkit.registry.build_torch_model`; for other models, those of
@@ -763,6 +566,8 @@ class Trainer:
         Trainer.from_checkpoint("runs/deepfm").evaluate(store, "test")
     """
 
+    framework = FRAMEWORK
+
     def __init__(self, model: nn.Module, config: TrainConfig, *, schema: Schema | None = None):
         from ctrkit.registry import HPARAMS_ATTRIBUTE, model_name_of, resolved_hparams
 
@@ -778,24 +583,19 @@ class Trainer:
         recorded = getattr(model, HPARAMS_ATTRIBUTE, None)
         self.hparams = dict(recorded) if recorded is not None else resolved_hparams(
             self.config.model, self.config.hparams())
+        self.regularization = RegularizationSpec.from_config(self.config)
         self.ctx = ProcessContext()
         if config.gpu_ids:
             check_gpu_ids(config.gpu_ids)
             self.ctx.device = torch.device("cuda", config.gpu_ids[0])  # a rank picks its own in _run
         self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
-        self.progress = Progress()
+        self.loop: TrainingLoop | None = None  # the run in progress or the last one
         self.step_hook: Callable[[int], None] | None = None  # called after every step (tests)
         self._train_model: nn.Module = model  # the DDP wrapper while training distributed
         self._hooks: list[Any] = []
         self._reg_terms: list[torch.Tensor] = []
         self._collect_reg = False
-        self._writer = None
-        self._epoch_loss_sum = torch.zeros((), dtype=torch.float64)  # BCE * rows of the epoch so far
         self._directory_ready = False  # True in a spawned rank: the launching process holds the lock
-        self._signals = StopSignals()
-        self._saved_last = ""  # where the last.pt on disk stands ("epoch 2, step 30"), for messages
-        self._saved_best = 0  # epoch of the best.pt on disk
 
     # -- construction from a checkpoint ------------------------------------------------------
     @classmethod
@@ -819,6 +619,16 @@ class Trainer:
     def device(self) -> torch.device:
         return self.ctx.device
 
+    @property
+    def progress(self) -> Progress:
+        """Where the current (or last) run stands."""
+        return self.loop.progress if self.loop is not None else Progress()
+
+    @property
+    def schedule(self) -> PlateauSchedule | None:
+        """The learning-rate schedule of the current (or last) run."""
+        return self.loop.schedule if self.loop is not None else None
+
     # -- public API --------------------------------------------------------------------------
     def fit(self, store: Store | str | os.PathLike) -> dict[str, Any]:
         """Train on ``store`` (splits ``train``, ``valid``, optional ``test``); returns the metrics.
@@ -827,7 +637,7 @@ class Trainer:
         torchrun group); the returned metrics are then read back from ``metrics.json``.
         """
         store = store if isinstance(store, Store) else Store(store)
-        self._check_schema(store)
+        self.check_schema(store)
         self._check_rebuildable()
         env = torchrun_env()
         if env is None and self.config.world_size > 1:
@@ -837,14 +647,14 @@ class Trainer:
         return self._run(store, env)
 
     def evaluate(self, store: Store | str | os.PathLike, split: str = "test") -> dict[str, Any]:
-        """AUC, logloss, rows and observed CTR of the current weights on one split."""
+        """AUC, logloss, rows and observed CTR (and gAUC, with a ``group`` column) of the current weights."""
         store = store if isinstance(store, Store) else Store(store)
-        self._check_schema(store)
+        self.check_schema(store)
         if not store.split(split).labeled:
             raise StoreError(f"split {split!r} of {store.path} has no labels; use `ctrkit predict`")
         self.model.to(self.device)
-        probs, labels = self._predict_split(store, split)
-        return {"split": split, **binary_metrics(labels, probs)}
+        probs, labels, groups = self._predict_split(store, split)
+        return {"split": split, **evaluation_metrics(labels, probs, groups)}
 
     def predict(self, batches: BatchReader | Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Click probabilities (float64 ``[N]``) for a reader's epoch 0 or any iterable of batches.
@@ -863,36 +673,47 @@ class Trainer:
             return np.zeros(0)
         return torch.cat(probs).double().cpu().numpy()
 
-    def _checked_batch(self, batch: Mapping[str, Any], index: int) -> Mapping[str, Any]:
-        """``batch`` after :func:`check_batch` of its features (labels play no part in a prediction)."""
-        schema = self.schema or getattr(self.model, "schema", None)
-        if isinstance(schema, Schema):
-            features = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-                        for k, v in batch.items() if k != "label"}
-            check_batch(features, schema, where=f"batch {index} given to predict")
-        return batch
+    def check_schema(self, store: Store) -> None:
+        """StoreError unless ``store`` has the schema the model was trained on (adopts it if none yet)."""
+        if self.schema is None:
+            self.schema = store.schema
+        elif self.schema.to_dict() != store.schema.to_dict():
+            raise StoreError(
+                f"store {store.path} has a different schema (fields or vocabulary sizes) from the one "
+                "this model was trained on; use the store the model was trained with"
+            )
+
+    _check_schema = check_schema  # the name before issue 8
 
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(objective, bce)`` of one batch in training mode: the objective adds the embedding term."""
+        """``(objective, bce)`` of one batch in training mode (:func:`~ctrkit.training.objective.training_objective`)."""
         self._install_hooks()
         self._reg_terms.clear()
         self._collect_reg = True
         try:
             with self._autocast():
-                logits = self._train_model(batch)
+                logits, aux_loss = split_output(self._train_model(batch))
         finally:
             self._collect_reg = False
         bce = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
-        objective = bce
+        penalty = None
         if self._reg_terms:
-            rows = batch["label"].shape[0]
-            objective = bce + self.config.embedding_l2 * torch.stack(self._reg_terms).sum() / rows
+            penalty = self.regularization.embedding_penalty(torch.stack(self._reg_terms).sum(), batch["label"].shape[0])
             self._reg_terms.clear()
-        return objective, bce
+        return training_objective(bce, aux_loss=aux_loss, embedding_penalty=penalty), bce
+
+    def _checked_batch(self, batch: Mapping[str, Any], index: int) -> Mapping[str, Any]:
+        """``batch`` after :func:`check_batch` of its features (labels play no part in a prediction)."""
+        schema = self.schema or getattr(self.model, "schema", None)
+        if isinstance(schema, Schema):
+            features = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+                        for k, v in batch.items() if k not in ("label", GROUP)}
+            check_batch(features, schema, where=f"batch {index} given to predict")
+        return batch
 
     # -- embedding regulariser ----------------------------------------------------------------
     def _install_hooks(self) -> None:
-        if self._hooks or self.config.embedding_l2 <= 0:
+        if self._hooks or not self.regularization.penalises_embeddings:
             return
         for module in self.model.modules():
             if isinstance(module, EmbeddingTable):
@@ -945,7 +766,11 @@ class Trainer:
                 dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
                 created_group = True
         try:
-            metrics = self._train(store)
+            self.check_schema(store)
+            meta = RunMeta(self.config.model, self.hparams, self.schema.to_dict(), self.config.to_dict())
+            self.loop = TrainingLoop(self, self.config, meta, step_hook=self.step_hook,
+                                     directory_ready=self._directory_ready)
+            metrics = self.loop.run(store)
             if created_group:
                 _close_group(self.ctx.device)
             return metrics
@@ -972,21 +797,6 @@ class Trainer:
         if advice:
             self._log(advice)
 
-    def _barrier(self) -> None:
-        if self.ctx.distributed:
-            if self.ctx.device.type == "cuda":
-                dist.barrier(device_ids=[self.ctx.device.index])
-            else:
-                dist.barrier()
-
-    def _broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank (e.g. a checkpoint read from rank 0's disk)."""
-        if not self.ctx.distributed:
-            return obj
-        holder = [obj]
-        dist.broadcast_object_list(holder, src=0, device=self.ctx.device if self.ctx.device.type == "cuda" else None)
-        return holder[0]
-
     def _log(self, message: str) -> None:
         if self.ctx.is_main:
             print(message, flush=True)
@@ -994,23 +804,6 @@ class Trainer:
     def _warn(self, message: str) -> None:
         if self.ctx.is_main:
             print(message, file=sys.stderr, flush=True)
-
-    def _on_main(self, action: Callable[[], Any]) -> Any:
-        """``action()`` on rank 0 and its result on every rank; a user error there is raised on every rank.
-
-        (Raised on rank 0 alone, it would leave the other ranks waiting in their next collective.)
-        """
-        result, failure = None, None
-        if self.ctx.is_main:
-            try:
-                result = action()
-            except CtrkitError as exc:
-                failure = exc
-        if self.ctx.distributed:
-            result, failure = self._broadcast_object((result, failure))
-        if failure is not None:
-            raise failure
-        return result
 
     def _check_rebuildable(self) -> None:
         """Refuse, before training, a model that its checkpoints could not rebuild.
@@ -1040,59 +833,68 @@ class Trainer:
             "ctrkit.registry.build_torch_model, which records its hyper-parameters, or set them in TrainConfig"
         )
 
-    # -- the training run ------------------------------------------------------------------------
-    def _train(self, store: Store) -> dict[str, Any]:
-        """Train with the run directory created, tidied and locked (by rank 0, unless a launcher did)."""
-        cfg = self.config
-        with contextlib.ExitStack() as stack:
-            if not self._directory_ready:
-                self._on_main(lambda: stack.enter_context(
-                    open_run_directory(cfg.save_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=self._log)))
-            return self._train_in_directory(store)
+    # -- Backend: identity and collectives -----------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.ctx.rank
 
-    def _train_in_directory(self, store: Store) -> dict[str, Any]:
-        cfg, ctx = self.config, self.ctx
+    @property
+    def world_size(self) -> int:
+        return self.ctx.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx.is_main
+
+    @property
+    def device_name(self) -> str:
+        return str(self.ctx.device)
+
+    def barrier(self) -> None:
+        if self.ctx.distributed:
+            if self.ctx.device.type == "cuda":
+                dist.barrier(device_ids=[self.ctx.device.index])
+            else:
+                dist.barrier()
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (e.g. a checkpoint read from rank 0's disk)."""
+        if not self.ctx.distributed:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0, device=self.ctx.device if self.ctx.device.type == "cuda" else None)
+        return holder[0]
+
+    def reduce_sum(self, value: torch.Tensor | float) -> float:
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.ctx.device)
+        if self.ctx.distributed:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return float(tensor)
+
+    # -- Backend: the run ----------------------------------------------------------------------
+    def prepare(self, store: Store) -> None:
+        cfg = self.config
         self._setup_process()
         set_seed(cfg.seed)
-        if ctx.device.type == "cpu":
+        if self.ctx.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
             # deterministic mode also NaN-fills every new tensor (a debugging aid for reads of
             # uninitialised memory): a few % of a bf16 step; every kernel here writes its output
             torch.utils.deterministic.fill_uninitialized_memory = False
-        self._check_schema(store)
+        self.check_schema(store)
         for split in ("train", "valid"):
             store.split(split)
         initialise_weights(self.model, cfg.init)  # before a resume restores the saved weights
-        model = self.model.to(ctx.device)
+        model = self.model.to(self.ctx.device)
         self._install_hooks()
         self.optimizer = build_optimizer(model, cfg)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, threshold=0.0
-        )
-        self.progress = Progress()
-        self._epoch_loss_sum = torch.zeros((), dtype=torch.float64)
-        self._saved_last, self._saved_best = "", 0
-        if cfg.resume:
-            self._restore(cfg.save_dir / LAST)
-        self._train_model = self._wrap_ddp(store) if ctx.distributed else model
-        reader = BatchReader(
-            store, "train", cfg.batch_size // ctx.world_size, shuffle=True, seed=cfg.seed,
-            rank=ctx.rank, world_size=ctx.world_size, even_shards=True, drop_last=False,
-        )
-        if ctx.is_main:
-            self._writer = _summary_writer(cfg.save_dir / TENSORBOARD, self.progress.step if cfg.resume else None)
-        self._signals = StopSignals()  # a fresh one per run: an earlier run's signal is spent
-        try:
-            # SIGINT/SIGTERM end a single-process run cleanly after a step; under DDP all ranks would
-            # have to agree on that step (a collective per step), so there they keep their defaults
-            with self._signals if not ctx.distributed else contextlib.nullcontext():
-                stopped, rows_per_s = self._epochs(store, reader)
-            return self._finish(store, stopped, rows_per_s)
-        finally:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-            self._train_model = self.model
+
+    def start(self, store: Store) -> None:
+        self._train_model = self._wrap_ddp(store) if self.ctx.distributed else self.model
+
+    def stop(self) -> None:
+        self._train_model = self.model
 
     def _wrap_ddp(self, store: Store) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -1110,132 +912,23 @@ class Trainer:
         batch = next(BatchReader(store, "train", 8).iter_epoch(0))
         was_training = self.model.training
         self.model.eval()
-        self.model(self._to_device(to_tensors(batch))).float().sum().backward()
+        logits, aux_loss = split_output(self.model(self._to_device(to_tensors(batch))))
+        training_objective(logits.float().sum(), aux_loss=aux_loss).backward()
         unused = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
         self.model.zero_grad(set_to_none=True)
         self.model.train(was_training)
         return unused
 
-    def _epochs(self, store: Store, reader: BatchReader) -> tuple[str, float]:
-        """Train epoch after epoch; returns why training stopped and the mean training rows/s."""
-        cfg, progress = self.config, self.progress
-        if progress.stopped:
-            return progress.stopped, 0.0
-        rows_total, seconds_total = 0, 0.0
-        while progress.epoch < cfg.epochs:
-            completed, rows, seconds, train_loss = self._train_epoch(reader)
-            rows_total, seconds_total = rows_total + rows, seconds_total + seconds
-            if not completed:
-                return "max_steps", rows_total / max(seconds_total, 1e-9)
-            self._end_epoch(store, train_loss, rows / max(seconds, 1e-9), seconds)
-            if self._signals.received is not None:  # arrived during validation: last.pt is written
-                raise self._interrupted()
-            if progress.stopped:
-                break
-            if cfg.max_steps and progress.step >= cfg.max_steps:
-                progress.stopped = "max_steps"
-                break
-        return progress.stopped or "completed", rows_total / max(seconds_total, 1e-9)
+    # -- Backend: steps ------------------------------------------------------------------------
+    def train_batches(self, reader: BatchReader, epoch: int, start_batch: int, *,
+                      ignore_signals: bool) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self._loader(reader, epoch, start_batch, ignore_signals=ignore_signals):
+            yield self._to_device(batch)
 
-    def _train_epoch(self, reader: BatchReader) -> tuple[bool, int, float, float]:
-        """One (possibly resumed) epoch; returns (completed, rows, seconds, mean train loss)."""
-        cfg, ctx, progress = self.config, self.ctx, self.progress
-        model = self._train_model
-        model.train()
-        total = len(reader)
-        loader = self._loader(reader, progress.epoch, progress.batch)
-        bar = _progress_bar(total, progress.batch, f"epoch {progress.epoch + 1}/{cfg.epochs}", ctx.is_main)
-        self._epoch_loss_sum = loss_sum = self._epoch_loss_sum.to(ctx.device)  # updated in place
-        rows, last_logged, start = 0, progress.batch, time.perf_counter()
-        try:
-            for batch in loader:
-                batch = self._to_device(batch)
-                loss = self._step(batch)
-                n = batch["label"].shape[0]
-                loss_sum.add_(loss, alpha=n)  # float64 accumulator, no host sync
-                rows += n
-                progress.epoch_loss_rows += n
-                progress.step += 1
-                progress.batch += 1
-                if progress.step % cfg.log_every == 0:
-                    self._check_loss(loss_sum)  # the same host sync as the log's
-                    self._log_step(bar, loss, progress.batch - last_logged, rows, start)
-                    last_logged = progress.batch
-                if self.step_hook is not None:
-                    self.step_hook(progress.step)
-                if self._signals.received is not None:
-                    self._check_loss(loss_sum)
-                    self._save_last()
-                    raise self._interrupted()
-                if cfg.max_steps and progress.step >= cfg.max_steps and progress.batch < total:
-                    self._check_loss(loss_sum)
-                    self._save_last()
-                    return False, rows * ctx.world_size, time.perf_counter() - start, float("nan")
-                if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and progress.batch < total:
-                    self._check_loss(loss_sum)
-                    self._save_last()
-        finally:
-            bar.close()
-        seconds = time.perf_counter() - start
-        loss_sum, loss_rows = self._reduce_sum(loss_sum), self._reduce_sum(progress.epoch_loss_rows)
-        train_loss = float(loss_sum) / max(float(loss_rows), 1.0)
-        if not math.isfinite(train_loss):
-            raise self._diverged(f"the epoch's training loss is {train_loss}")
-        return True, rows * ctx.world_size, seconds, train_loss
+    def begin_epoch(self) -> None:
+        self._train_model.train()
 
-    def _check_loss(self, loss_sum: torch.Tensor) -> None:
-        """TrainingDivergedError once the epoch's running loss sum (summed over ranks) is not finite.
-
-        A sum of non-negative BCE terms is finite exactly when every term was, so one read-back
-        covers every step since the epoch began.
-        """
-        total = self._reduce_sum(loss_sum)
-        if not math.isfinite(total):
-            raise self._diverged(f"the training loss became {total}")
-
-    def _diverged(self, what: str) -> TrainingDivergedError:
-        """The error that ends a diverged run (``metrics.json`` says ``stopped: diverged``)."""
-        cfg = self.config
-        self._write_metrics(self._summary("diverged", 0.0, None))
-        kept = self._kept_checkpoints()
-        kept = f"{kept} in {cfg.save_dir} keep the last finite weights" if kept else "no checkpoint was written"
-        return TrainingDivergedError(
-            f"training diverged: {what} by {self._position()} (--optimizer {cfg.optimizer} --lr {cfg.lr:g}); "
-            f"{kept}; lower --lr and train again"
-        )
-
-    def _interrupted(self) -> TrainingInterrupted:
-        """The error that ends a run stopped by a signal, once ``last.pt`` is written."""
-        self._write_metrics(self._summary("interrupted", 0.0, None))
-        return TrainingInterrupted(
-            f"interrupted by {self._signals.name} at {self._position()}; {LAST} saved; continue with --resume",
-            self._signals.received,
-        )
-
-    def _position(self) -> str:
-        progress = self.progress
-        if progress.batch == 0 and progress.epoch > 0:
-            return f"the end of epoch {progress.epoch}, step {progress.step}"
-        return f"epoch {progress.epoch + 1}, step {progress.step}"
-
-    def _kept_checkpoints(self) -> str:
-        """``last.pt (epoch 2, step 30) and best.pt (epoch 1)``: this run's checkpoints on disk, or ""."""
-        parts = [f"{LAST} ({self._saved_last})"] if self._saved_last else []
-        parts += [f"{BEST} (epoch {self._saved_best})"] if self._saved_best else []
-        return " and ".join(parts)
-
-    def _kept_note(self) -> str:
-        """What a failed checkpoint write leaves, for :class:`OutputError` messages."""
-        kept = self._kept_checkpoints()
-        return f"the previous {kept} are intact" if kept else "no checkpoint of this run had been written yet"
-
-    def _check_weights(self) -> None:
-        """TrainingDivergedError before a checkpoint would store NaN or infinite weights."""
-        bad = first_non_finite(self.model.state_dict())
-        if bad is not None:
-            raise self._diverged(f"weight {bad} became NaN or infinite")
-
-    def _step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def train_step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """One optimiser step; returns the batch's BCE (detached, on device, no host sync)."""
         objective, bce = self.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -1243,63 +936,36 @@ class Trainer:
         self.optimizer.step()
         return bce.detach()
 
-    def _end_epoch(self, store: Store, train_loss: float, rows_per_s: float, seconds: float) -> None:
-        """Validate, update best/plateau/early-stopping state, log, checkpoint."""
-        cfg, progress = self.config, self.progress
-        valid = self._evaluate_distributed(store, "valid")
-        lr = self.optimizer.param_groups[0]["lr"]
-        epoch = progress.epoch + 1
-        improved = is_improvement(valid, progress.best_auc)
-        warning = high_loss_warning(epoch, train_loss, store.splits["train"].ctr, lr)
-        if warning:
-            self._warn(warning)
-        if improved:
-            progress.best_auc, progress.best_epoch, progress.bad_epochs = valid["auc"], epoch, 0
-        else:
-            progress.bad_epochs += 1
-        self.scheduler.step(valid["auc"])
-        record = {
-            "epoch": epoch, "steps": progress.step, "train_loss": train_loss, "valid_auc": valid["auc"],
-            "valid_logloss": valid["logloss"], "lr": lr, "seconds": round(seconds, 3),
-            "rows_per_s": round(rows_per_s, 1), "improved": bool(improved),
-        }
-        progress.history.append(record)
-        progress.epoch, progress.batch, progress.epoch_loss_rows = epoch, 0, 0
-        self._epoch_loss_sum = torch.zeros((), dtype=torch.float64)
-        if progress.bad_epochs >= max(cfg.patience, 1):
-            progress.stopped = "early_stopping"
-        self._log(
-            f"epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.5f}  valid_auc {valid['auc']:.5f}  "
-            f"valid_logloss {valid['logloss']:.5f}  lr {lr:.3g}  {rows_per_s:,.0f} rows/s  {seconds:.1f}s"
-            + ("  *best*" if improved else "") + ("  early stop" if progress.stopped else "")
-        )
-        self._scalars({"valid/auc": valid["auc"], "valid/logloss": valid["logloss"], "train/epoch_loss": train_loss,
-                       "train/lr": lr, "train/rows_per_s": rows_per_s}, epoch)
-        if improved:
-            self._save_best(epoch, valid)
-        self._save_last()
-        self._write_metrics(self._summary("running", 0.0, None))
+    def batch_rows(self, batch: Mapping[str, torch.Tensor]) -> int:
+        return batch["label"].shape[0]
 
-    def _finish(self, store: Store, stopped: str, rows_per_s: float) -> dict[str, Any]:
-        """Test metrics of the best weights; final ``metrics.json``."""
-        self._load_best()
-        test = None
-        if "test" in store.splits and store.splits["test"].labeled and store.splits["test"].rows:
-            test = self._evaluate_distributed(store, "test")
-            self._log(f"test (best epoch {self.progress.best_epoch}): auc {test['auc']:.5f}  "
-                      f"logloss {test['logloss']:.5f}")
-            self._scalars({"test/auc": test["auc"], "test/logloss": test["logloss"]}, self.progress.best_epoch)
-        summary = self._summary(stopped, rows_per_s, test)
-        self._write_metrics(summary)
-        return summary
+    def new_loss_sum(self, value: float) -> torch.Tensor:
+        return torch.tensor(value, dtype=torch.float64, device=self.ctx.device)
 
-    # -- per-step helpers ------------------------------------------------------------------------
-    def _loader(self, reader: BatchReader, epoch: int = 0, start_batch: int = 0):
-        """The reader's batches through :func:`make_loader`; while the trainer handles SIGINT/SIGTERM,
-        its workers ignore them (:class:`IgnoreStopSignals`)."""
+    def accumulate_loss(self, loss_sum: torch.Tensor, loss: torch.Tensor, rows: int) -> torch.Tensor:
+        return loss_sum.add_(loss, alpha=rows)  # float64 accumulator, in place, no host sync
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def non_finite_weight(self) -> str | None:
+        return first_non_finite(self.model.state_dict())
+
+    def open_scalar_writer(self, log_dir: Path, purge_step: int | None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            no_tensorboard_warning()
+            return None
+        return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def _loader(self, reader: BatchReader, epoch: int = 0, start_batch: int = 0, *, ignore_signals: bool = False):
+        """The reader's batches through :func:`make_loader`; with ``ignore_signals`` its workers
+        ignore SIGINT/SIGTERM (:class:`IgnoreStopSignals`) while the loop handles them."""
         cfg = self.config
         loader = make_loader(reader, epoch, start_batch, cfg.num_workers, self.ctx.device.type == "cuda")
-        if self._signals.installed and cfg.num_workers:
+        if ignore_signals and cfg.num_workers:
             loader.worker_init_fn = IgnoreStopSignals(loader.worker_init_fn)
         return loader
 
@@ -1313,207 +979,78 @@ class Trainer:
             return torch.autocast(device_type=self.ctx.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _log_step(self, bar, loss: torch.Tensor, batches: int, rows: int, start: float) -> None:
-        """Every ``log_every`` steps: one host sync for the bar's loss and TensorBoard."""
-        if bar.disable and self._writer is None:
-            return
-        value = float(loss)
-        speed = rows * self.ctx.world_size / max(time.perf_counter() - start, 1e-9)
-        bar.update(batches)
-        bar.set_postfix(loss=f"{value:.4f}", rows_s=f"{speed:,.0f}", refresh=False)
-        self._scalars({"train/loss": value}, self.progress.step)
+    # -- Backend: evaluation -------------------------------------------------------------------
+    def predict_split(self, store: Store, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        was_training = self._train_model.training
+        try:
+            return self._predict_split(store, split)
+        finally:
+            self._train_model.train(was_training)
 
-    def _reduce_sum(self, value: torch.Tensor | int) -> float:
-        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.ctx.device)
-        if self.ctx.distributed:
-            tensor = tensor.clone()
-            dist.all_reduce(tensor)
-        return float(tensor)
-
-    def _scalars(self, values: Mapping[str, float], step: int) -> None:
-        if self._writer is not None:
-            for tag, value in values.items():
-                self._writer.add_scalar(tag, value, step)
-
-    # -- evaluation ----------------------------------------------------------------------------
     def _eval_batch_size(self) -> int:
         return self.config.eval_batch_size or self.config.batch_size
 
     def _predict_batch(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         self.model.eval()
         with torch.inference_mode(), self._autocast():
-            return torch.sigmoid(self.model(batch).float())
+            logits, _ = split_output(self.model(batch))
+            return torch.sigmoid(logits.float())
 
-    def _predict_split(self, store: Store, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """This rank's shard of ``split`` (in store order): probabilities and labels."""
+    def _predict_split(self, store: Store, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``split`` in store order, sharded across ranks and gathered: probabilities, labels, groups."""
         ctx = self.ctx
         reader = BatchReader(store, split, self._eval_batch_size(), rank=ctx.rank, world_size=ctx.world_size)
-        loader = self._loader(reader)
-        probs, labels = [], []
-        for batch in loader:
+        probs, labels, groups = [], [], []
+        for batch in self._loader(reader):
             batch = self._to_device(batch)
             probs.append(self._predict_batch(batch))
             labels.append(batch["label"])
+            if GROUP in batch:
+                groups.append(batch[GROUP].long())
         empty = torch.zeros(0, device=ctx.device)
         p = torch.cat(probs) if probs else empty
         y = torch.cat(labels).float() if labels else empty
+        g = torch.cat(groups) if groups else None
         if ctx.distributed:
             p, y = _gather_padded(p), _gather_padded(y)
-        return p.double().cpu().numpy(), y.double().cpu().numpy()
+            g = _gather_padded(g) if g is not None else None
+        return p.double().cpu().numpy(), y.double().cpu().numpy(), None if g is None else g.cpu().numpy()
 
-    def _evaluate_distributed(self, store: Store, split: str) -> dict[str, Any]:
-        """Metrics of a split, evaluated in shards by all ranks and gathered (same on every rank)."""
-        was_training = self._train_model.training
-        probs, labels = self._predict_split(store, split)
-        self._train_model.train(was_training)
-        return binary_metrics(labels, probs)
-
-    def _check_schema(self, store: Store) -> None:
-        if self.schema is None:
-            self.schema = store.schema
-        elif self.schema.to_dict() != store.schema.to_dict():
-            raise StoreError(
-                f"store {store.path} has a different schema (fields or vocabulary sizes) from the one "
-                "this model was trained on; use the store the model was trained with"
-            )
-
-    # -- checkpoints ---------------------------------------------------------------------------
-    def _payload(self, kind: str) -> dict[str, Any]:
-        return {
+    # -- Backend: checkpoints ------------------------------------------------------------------
+    def save_checkpoint(self, path: Path, entries: Mapping[str, Any], *, kept: str) -> None:
+        payload = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
-            "kind": kind,
+            "kind": entries["kind"],
             "ctrkit_version": __version__,
             "torch_version": str(torch.__version__),
-            "model_name": self.config.model,
-            "hparams": self.hparams,
-            "schema": self.schema.to_dict(),
-            "config": self.config.to_dict(),
+            **{k: v for k, v in entries.items() if k not in ("kind", "progress")},
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
         }
+        if entries["kind"] == "last":
+            progress = dict(entries["progress"])
+            progress["epoch_loss_sum"] = torch.tensor(progress["epoch_loss_sum"], dtype=torch.float64)
+            payload.update(optimizer=self.optimizer.state_dict(), progress=progress, rng=rng_state())
+        save_checkpoint(path, payload, kept=kept)
 
-    def _save_last(self) -> None:
-        """``last.pt``: everything needed to continue exactly from this step (called on all ranks).
+    def read_checkpoint(self, path: Path, *, resume: bool) -> dict[str, Any]:
+        return _load_resumable(path) if resume else load_checkpoint(path)
 
-        The running loss of the epoch is saved summed over ranks; on resume rank 0 carries it.
-        """
-        self._check_weights()  # the same on every rank: DDP keeps the weights equal
-        loss_sum = self._reduce_sum(self._epoch_loss_sum)
-        loss_rows = self._reduce_sum(self.progress.epoch_loss_rows)
-        if self.ctx.is_main:
-            payload = self._payload("last")
-            progress = asdict(self.progress)
-            progress["epoch_loss_sum"] = torch.tensor(loss_sum, dtype=torch.float64)
-            progress["epoch_loss_rows"] = int(loss_rows)
-            progress["world_size"] = self.ctx.world_size
-            payload.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                           progress=progress, rng=rng_state())
-            save_checkpoint(self.config.save_dir / LAST, payload, kept=self._kept_note())
-        self._saved_last = self._position()
-        self._barrier()
-
-    def _save_best(self, epoch: int, valid: Mapping[str, Any]) -> None:
-        self._check_weights()
-        if self.ctx.is_main:
-            payload = self._payload("best")
-            payload.update(epoch=epoch, valid={k: float(v) for k, v in valid.items()})
-            save_checkpoint(self.config.save_dir / BEST, payload, kept=self._kept_note())
-        self._saved_best = epoch
-        self._barrier()
-
-    def _restore(self, path: Path) -> None:
-        """Continue from ``last.pt``: weights, optimiser, scheduler, counters and RNG states."""
-        payload = self._on_main(lambda: _load_resumable(path))
-        self._check_resumable(payload, path)
+    def restore(self, payload: Mapping[str, Any], path: Path) -> None:
         check_state_fits(self.model.state_dict(), payload["model"], path, self.config.model)
         load_weights(self.model, payload["model"], path)
-        saved = dict(payload["progress"])
-        loss_sum = saved.pop("epoch_loss_sum").double()
-        saved.pop("world_size", None)
-        if not self.ctx.is_main:  # rank 0 carries the ranks' summed running loss
-            loss_sum, saved["epoch_loss_rows"] = torch.zeros_like(loss_sum), 0
         try:
             self.optimizer.load_state_dict(payload["optimizer"])
-            self.scheduler.load_state_dict(payload["scheduler"])
-            progress = Progress(**saved)
             set_rng_state(payload["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
             raise InputError(f"{path}: its training state (optimizer, scheduler, progress or RNG) is damaged: "
                              f"{_first_line(exc)}") from None
-        self._epoch_loss_sum = loss_sum
-        self.progress = progress
-        p = self.progress
-        self._saved_last, self._saved_best = self._position(), p.best_epoch
-        self._log(f"resumed from {path}: epoch {p.epoch + 1}, batch {p.batch}, step {p.step}")
 
-    def _check_resumable(self, payload: Mapping[str, Any], path: Path) -> None:
-        from ctrkit.registry import resolved_hparams
+    def read_weights(self, path: Path) -> dict[str, torch.Tensor]:
+        return load_checkpoint(path)["model"]
 
-        old = payload["config"]
-        if payload["model_name"] != self.config.model:
-            raise ConfigError(
-                f"--resume: {path} holds a {payload['model_name']} model, not --model {self.config.model}"
-            )
-        # resolved: checkpoints before ctrkit recorded defaults hold only the values a user set
-        saved = resolved_hparams(payload["model_name"], dict(payload["hparams"]))
-        if saved != self.hparams:
-            changed = sorted(k for k in set(saved) | set(self.hparams) if saved.get(k) != self.hparams.get(k))
-            shown = ", ".join(f"{k} {saved.get(k)!r}" for k in changed)
-            raise ConfigError(f"--resume: {path} was trained with {shown}; give the same hyper-parameters to resume it")
-        for flag in ("batch_size", "seed", "optimizer"):
-            if old.get(flag) != getattr(self.config, flag):
-                raise ConfigError(
-                    f"--resume: {path} was trained with --{flag} {old.get(flag)}, not {getattr(self.config, flag)}"
-                )
-        world = payload["progress"].get("world_size", 1)
-        if payload["progress"]["batch"] and world != self.ctx.world_size:
-            raise ConfigError(
-                f"--resume: {path} stopped inside an epoch with {world} process(es); resume it with the same number"
-            )
-        if payload["schema"] != self.schema.to_dict():
-            raise ConfigError(f"--resume: {path} was trained on a store with a different schema than --data")
-
-    def _load_best(self) -> None:
-        """Best weights (from ``best.pt``) into the model on every rank; current weights if none."""
-        path = self.config.save_dir / BEST
-        state = self._on_main(
-            lambda: load_checkpoint(path)["model"] if self.progress.best_epoch and path.is_file() else None)
-        if state is not None:
-            load_weights(self.model, state, path)
-
-    # -- metrics.json -----------------------------------------------------------------------------
-    def _summary(self, stopped: str, rows_per_s: float, test: Mapping[str, Any] | None) -> dict[str, Any]:
-        progress = self.progress
-        best = next((h for h in progress.history if h["epoch"] == progress.best_epoch), None)
-        return {
-            "model": self.config.model,
-            "hparams": self.hparams,
-            "stopped": stopped,
-            "epochs_run": len(progress.history),
-            "steps": progress.step,
-            "best_epoch": progress.best_epoch,
-            "best_valid": None if best is None else {"auc": best["valid_auc"], "logloss": best["valid_logloss"]},
-            "test": None if test is None else dict(test),
-            "rows_per_s": round(rows_per_s, 1),
-            "world_size": self.ctx.world_size,
-            "device": str(self.ctx.device),
-            "history": progress.history,
-            "config": self.config.to_dict(),
-        }
-
-    def _write_metrics(self, summary: Mapping[str, Any]) -> None:
-        if self.ctx.is_main:
-            write_json_atomic(self.config.save_dir / METRICS, dict(summary), flag="--model_save_dir")
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------------------------
-def _load_resumable(path: Path) -> dict[str, Any]:
-    """``last.pt`` checked for everything ``--resume`` reads."""
-    payload = load_checkpoint(path)
-    check_resume_entries(payload, path)
-    return payload
+    def set_weights(self, weights: Mapping[str, torch.Tensor], path: Path) -> None:
+        load_weights(self.model, weights, path)
 
 
 def _as_tensors(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -1522,89 +1059,33 @@ def _as_tensors(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return to_tensors({k: np.asarray(v) for k, v in batch.items()})
 
 
-def _reraise_user_error(text: str) -> None:
-    """Re-raise a ctrkit user error that ended a spawned process as itself, without the traceback."""
-    import re
-
-    import ctrkit.errors as errors
-
-    own = {"TrainingDivergedError": TrainingDivergedError}
-    for line in reversed(text.strip().splitlines()):
-        match = re.match(r"ctrkit\.(?:errors|pytorch\.trainer)\.(\w+): (.*)", line.strip())
-        if not match:
-            continue
-        cls = own.get(match.group(1)) or getattr(errors, match.group(1), None)
-        if isinstance(cls, type):
-            raise cls(match.group(2)) from None
-
-
-def _gather_padded(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-D tensor of any length from every rank, in rank order."""
-    world = dist.get_world_size()
-    length = torch.tensor([tensor.numel()], device=tensor.device)
-    lengths = [torch.zeros_like(length) for _ in range(world)]
-    dist.all_gather(lengths, length)
-    sizes = [int(n) for n in lengths]
-    padded = torch.zeros(max(sizes), dtype=tensor.dtype, device=tensor.device)
-    padded[: tensor.numel()] = tensor
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
-
-
-def _progress_bar(total: int, initial: int, desc: str, main: bool):
-    from tqdm.auto import tqdm
-
-    # disable=None: no bar when stderr is not a terminal, so logs stay clean
-    return tqdm(total=total, initial=initial, desc=desc, unit="batch", disable=None if main else True,
-                leave=False, dynamic_ncols=True, file=sys.stderr)
-
-
-def _summary_writer(log_dir: Path, purge_step: int | None):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        print("warning: tensorboard is not installed; no TensorBoard logs", file=sys.stderr)
-        return None
-    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
-
-
 # ---------------------------------------------------------------------------------------------
-# Entry point used by `ctrkit train`
+# What ctrkit.training.frameworks calls (`ctrkit train`, `evaluate`, `predict`)
 # ---------------------------------------------------------------------------------------------
-def train_from_config(config: TrainConfig, *, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Check everything that can be checked, build the model and train it.
-
-    All user errors (bad GPU ids, missing or incomplete store, unknown model, bad hyper-parameter
-    values, ``--resume`` without ``last.pt``, a ``--model_save_dir`` that cannot be a directory or
-    that holds a previous run without ``--resume``/``--overwrite``) are raised before a file is
-    written.
-    """
-    from ctrkit.registry import build_torch_model
-
-    config.validate()
-    if not config.data:
-        raise ConfigError("--data STORE is required (a store built by `ctrkit preprocess`)")
+def launch_rank(config: TrainConfig) -> tuple[int, int]:
+    """``(rank, world_size)`` of this process (torchrun's, or 0 of 1), after checking the GPUs."""
     env = torchrun_env()
     check_gpu_ids(config.gpu_ids)
     if env is not None and config.batch_size % env[1]:
         raise ConfigError(f"--batch_size {config.batch_size} must be divisible by the number of processes ({env[1]})")
-    try:
-        store = Store(config.data)
-    except StoreError as exc:
-        raise StoreError(f"--data: {exc}") from None
-    for split in ("train", "valid"):
-        if split not in store.splits or not store.splits[split].labeled:
-            raise StoreError(f"--data: store {store.path} has no labeled {split!r} split, which training needs")
-    main_process = env is None or env[0] == 0
-    if config.resume and main_process and not (config.save_dir / LAST).is_file():  # rank 0 reads it
-        raise ConfigError(f"--resume: no checkpoint to resume from at {config.save_dir / LAST}")
-    if main_process:  # the path and a previous run, before any work (fit checks again under the lock)
-        check_run_directory(config.save_dir)
-        check_previous_run(config.save_dir, resume=config.resume, overwrite=config.overwrite)
+    return (env[0], env[1]) if env is not None else (0, 1)
+
+
+def fit_from_config(config: TrainConfig, store: Store, *, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Seed, build the model of ``config`` for ``store``'s schema, and train it."""
+    from ctrkit.registry import build_torch_model
+
     set_seed(config.seed)
     model, ignored = build_torch_model(config.model, store.schema, config.hparams())
-    if ignored and warn is not None and main_process:
+    if ignored and warn is not None:
         flags = ", ".join(f"--{k}" if hasattr(config, k) else f"--model_args {k}" for k in ignored)
         warn(f"warning: {config.model} does not use {flags}; ignored")
     return Trainer(model, config, schema=store.schema).fit(store)
+
+
+def load_for_inference(path: str | os.PathLike, **overrides: Any) -> Trainer:
+    """Check the device, set the threads, and rebuild the trainer of the checkpoint at ``path``."""
+    check_gpu_ids(overrides.get("gpu_ids", []))
+    if overrides.get("threads"):
+        torch.set_num_threads(overrides["threads"])
+    return Trainer.from_checkpoint(path, **overrides)

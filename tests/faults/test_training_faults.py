@@ -21,7 +21,7 @@ from _train_helpers import PYTHON, ROOT, build_store  # noqa: E402
 from ctrkit.cli import main  # noqa: E402
 from ctrkit.config import TrainConfig  # noqa: E402
 from ctrkit.errors import ConfigError, InputError  # noqa: E402
-from ctrkit.pytorch import trainer as trainer_module  # noqa: E402
+from ctrkit import metrics as metrics_module  # noqa: E402
 from ctrkit.pytorch.trainer import (  # noqa: E402
     Trainer,
     TrainingDivergedError,
@@ -133,7 +133,7 @@ def test_non_finite_weights_at_an_epoch_end_are_never_saved(store, tmp_path):
 
 
 def test_non_finite_validation_scores_never_count_as_an_improvement(store, tmp_path, monkeypatch):
-    real = trainer_module.binary_metrics
+    real = metrics_module.binary_metrics
     scores = iter([(0.60, 0.60), (0.70, float("nan")), (float("nan"), 0.5)])
 
     def fake(labels, probs):  # validation of epochs 1-3; the test split keeps its real metrics
@@ -145,7 +145,7 @@ def test_non_finite_validation_scores_never_count_as_an_improvement(store, tmp_p
                 fake.done = True
         return metrics
 
-    monkeypatch.setattr(trainer_module, "binary_metrics", fake)
+    monkeypatch.setattr(metrics_module, "binary_metrics", fake)  # what the training loop's evaluation calls
     metrics = train_from_config(config(store, tmp_path / "run", epochs=3, patience=5))
     assert [h["improved"] for h in metrics["history"]] == [True, False, False]
     assert metrics["best_epoch"] == 1
