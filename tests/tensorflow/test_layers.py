@@ -94,6 +94,14 @@ def test_field_embedding_with_a_subset_of_the_field_kinds(kinds):
     assert emb(batch).shape == (3, emb.num_fields, 2)
 
 
+def test_field_embedding_with_unknown_sequence_length():
+    emb = kl.FieldEmbedding(mixed_schema(), 3)
+    spec = {k: tf.TensorSpec((None, None) if k.startswith("seq:") else (None, v.shape[1]), v.dtype)
+            for k, v in mixed_batch().items()}
+    fn = tf.function(lambda batch: emb(batch), input_signature=[spec])
+    np.testing.assert_allclose(fn(mixed_batch()).numpy(), emb(mixed_batch()).numpy(), rtol=1e-6)
+
+
 def test_field_embedding_without_fields_is_a_config_error():
     with pytest.raises(ConfigError):
         kl.FieldEmbedding(Schema(()), 4)
@@ -151,6 +159,23 @@ def test_activations_match_torch(name):
     got = kl.make_activation(name)(tf.constant(x)).numpy()
     expected = torch_activation(name)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_torch_default_initialise_redraws_linear_weights_and_their_biases_only():
+    keras.utils.set_random_seed(0)
+    pool = kl.AttentionalPooling(4, 64, attention_factor=256)
+    mlp = kl.MLP(64, (256,), output_dim=1)
+    cross = kl.CrossNet(64, 1)
+    before = cross.weight.numpy().copy()
+    for layer in (pool, mlp, cross):
+        kl.torch_default_initialise(layer)
+    np.testing.assert_array_equal(cross.weight.numpy(), before)  # not an nn.Linear in torch
+    for weight, bias, fan_in in [(pool.attention.kernel, pool.attention.bias, 64), (mlp.layers[0].kernel,
+                                  mlp.layers[0].bias, 64), (mlp.layers[2].kernel, mlp.layers[2].bias, 256)]:
+        for v in (weight.numpy(), bias.numpy()):
+            assert np.abs(v).max() <= 1 / math.sqrt(fan_in)
+            assert v.size < 50 or np.abs(v).max() > 0.9 / math.sqrt(fan_in)  # uniform over the whole range
+    assert abs(pool.score.kernel.numpy().std() - 1 / math.sqrt(3 * 256)) < 0.2 / math.sqrt(3 * 256)
 
 
 def test_batch_norm_inference_uses_running_statistics():

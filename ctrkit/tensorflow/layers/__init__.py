@@ -21,7 +21,14 @@ from ctrkit.tensorflow.layers.interaction import (
     FieldAwareFactorizationMachine,
     MultiHeadSelfAttention,
 )
-from ctrkit.tensorflow.layers.mlp import MLP, BatchNorm1d, dense, make_activation, xavier_normal
+from ctrkit.tensorflow.layers.mlp import (
+    MLP,
+    BatchNorm1d,
+    dense,
+    make_activation,
+    torch_default_initialise,
+    xavier_normal,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -39,5 +46,6 @@ __all__ = [
     "MultiHeadSelfAttention",
     "dense",
     "make_activation",
+    "torch_default_initialise",
     "xavier_normal",
 ]

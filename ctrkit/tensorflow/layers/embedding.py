@@ -243,7 +243,7 @@ class FieldEmbedding(keras.layers.Layer):
         pooled, start = [], 0
         weights = tf.cast(counted, items.dtype)  # (B, sum L)
         for key in self.sequence_keys:
-            length = batch[key].shape[1]
+            length = batch[key].shape[1] if batch[key].shape[1] is not None else tf.shape(batch[key])[1]
             w = weights[:, start:start + length]  # (B, L)
             sums = tf.einsum("bl,bld->bd", w, items[:, start:start + length])  # (B, D)
             counts = tf.maximum(tf.reduce_sum(w, axis=1, keepdims=True), 1.0)  # (B, 1)

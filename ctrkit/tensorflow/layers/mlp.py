@@ -6,6 +6,7 @@ from the constructor; see :mod:`ctrkit.tensorflow.layers.embedding`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import keras
@@ -55,6 +56,29 @@ def dense_torch_parameters(layer: keras.layers.Dense) -> TorchParameters:
     if layer.use_bias:
         params["bias"] = (layer.bias, "same")
     return params
+
+
+def torch_default_initialise(layer: keras.layers.Layer) -> None:
+    """Re-draw every ``nn.Linear``/``nn.Conv1d`` counterpart of ``layer`` with PyTorch's own default.
+
+    The TensorFlow side of ``--init torch_default``: the variables that ``torch_parameters`` maps
+    with layout ``transpose`` or ``conv1d`` are the weights of torch ``nn.Linear``/``nn.Conv1d``
+    layers; they get ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (Kaiming uniform with ``a = sqrt(5)``)
+    and their ``.bias`` siblings the same bound, as ``nn.Linear.reset_parameters`` does.
+    Embeddings, free biases and CrossNet weights keep theirs. Draws from Keras' global seed.
+    """
+    params = layer.torch_parameters()
+    bounds = {}
+    for name, (variable, layout) in params.items():
+        if layout in ("transpose", "conv1d") and name.endswith("weight"):
+            bound = 1.0 / math.sqrt(variable.shape[0])  # kernels are [fan_in, out]
+            bounds[name] = bound
+            bias = params.get(name[: -len("weight")] + "bias")
+            if bias is not None:
+                bounds[name[: -len("weight")] + "bias"] = bound
+    for name, bound in bounds.items():
+        variable = params[name][0]
+        variable.assign(keras.initializers.RandomUniform(-bound, bound)(variable.shape, dtype=variable.dtype))
 
 
 @keras.saving.register_keras_serializable(package="ctrkit")
