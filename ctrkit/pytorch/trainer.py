@@ -76,7 +76,7 @@ from ctrkit.config import TrainConfig
 from ctrkit.data.batches import BatchReader
 from ctrkit.data.contract import check_batch
 from ctrkit.data.store import Store
-from ctrkit.errors import ConfigError, CtrkitError, InputError, StoreError
+from ctrkit.errors import ConfigError, InputError, StoreError
 from ctrkit.fileio import atomic_output, is_disk_full
 from ctrkit.fileio import json_safe  # noqa: F401 (moved to ctrkit.fileio; old import path kept)
 from ctrkit.metrics import evaluation_metrics
@@ -85,7 +85,7 @@ from ctrkit.pytorch.loader import make_loader, to_tensors
 from ctrkit.runtime import busy_cores_advice, keep_freed_memory
 from ctrkit.schema import Schema
 from ctrkit.training.backend import RunMeta
-from ctrkit.training.errors import TrainingDivergedError, TrainingInterrupted
+from ctrkit.training.errors import TrainingDivergedError, TrainingInterrupted  # noqa: F401 (old import path kept)
 from ctrkit.training.frameworks import train_from_config  # noqa: F401 (the entry point of `ctrkit train`)
 from ctrkit.training.loop import TrainingLoop
 from ctrkit.training.objective import GROUP, split_output, training_objective
@@ -98,7 +98,7 @@ from ctrkit.training.policy import (  # noqa: F401 (moved to ctrkit.training.pol
 )
 from ctrkit.training.progress import Progress
 from ctrkit.training.regularization import GROUPS, RegularizationSpec
-from ctrkit.training.reporting import METRICS, TENSORBOARD, no_tensorboard_warning
+from ctrkit.training.reporting import METRICS, TENSORBOARD, no_tensorboard_warning  # noqa: F401 (TENSORBOARD: old import path)
 from ctrkit.training.rundir import (  # noqa: F401 (moved to ctrkit.training.rundir; old import paths kept)
     RUN_FILES,
     check_previous_run,

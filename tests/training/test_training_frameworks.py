@@ -1,0 +1,75 @@
+"""Dispatch on the framework, run-directory checks across frameworks, the regularisation spec."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from ctrkit.config import TrainConfig
+from ctrkit.errors import ConfigError
+from ctrkit.training import frameworks
+from ctrkit.training.frameworks import check_framework_available, checkpoint_framework
+from ctrkit.training.regularization import RegularizationSpec
+from ctrkit.training.rundir import RUN_FILES, check_previous_run, check_resume_source
+
+
+def test_tf_without_tensorflow_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(frameworks.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^--framework tf: TensorFlow is not installed; "
+                                          r"install it with pip install 'ctrkit\[tf\]'$"):
+        TrainConfig(model="lr", framework="tf").validate()
+
+
+def test_tf_without_its_trainer_is_not_available_yet(monkeypatch, tmp_path):
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed")
+    monkeypatch.setattr(frameworks, "TRAINER_MODULES", {**frameworks.TRAINER_MODULES,
+                                                        "tf": "ctrkit.tensorflow.no_such_trainer"})
+    with pytest.raises(ConfigError, match="TensorFlow training is not available yet"):
+        check_framework_available("tf")
+    check_framework_available("torch")  # this environment has torch
+
+
+def test_checkpoint_framework_by_name(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert checkpoint_framework(run) == "torch"  # neither: the torch loader names the missing best.pt
+    (run / "best.tf").mkdir()
+    assert checkpoint_framework(run) == "tf"
+    (run / "best.pt").write_bytes(b"")
+    assert checkpoint_framework(run) == "torch"
+    assert checkpoint_framework(run / "best.tf") == "tf"
+    assert checkpoint_framework(tmp_path / "model.tf") == "tf"
+    assert checkpoint_framework(tmp_path / "weights.pt") == "torch"
+
+
+def test_a_tf_run_is_a_previous_run_and_its_resume_points_at_convert(tmp_path):
+    run = tmp_path / "run"
+    (run / "last.tf").mkdir(parents=True)
+    (run / "last.tf" / "weights").write_bytes(b"x")
+    assert "last.tf" in RUN_FILES and "best.pt" in RUN_FILES
+    with pytest.raises(ConfigError, match=r"holds an unfinished run \(last\.tf\)"):
+        check_previous_run(run, resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match=r"^--resume: .*last\.tf is a TensorFlow checkpoint and this is a "
+                                          r"--framework torch run; .*ctrkit convert .*--to torch --out DIR$"):
+        check_resume_source(run, "torch")
+    with pytest.raises(ConfigError, match=r"--resume: no checkpoint to resume from at .*last\.pt"):
+        check_resume_source(tmp_path, "torch")
+    (run / "last.pt").write_bytes(b"x")
+    assert check_resume_source(run, "torch") == run / "last.pt"
+
+
+def test_regularization_spec():
+    spec = RegularizationSpec(weight_decay=0.01, embedding_l2=0.5)
+    assert [spec.group_of(role) for role in ("weight", "bias", "norm", "embedding")] == [
+        "decay", "no_decay", "no_decay", "embedding"]
+    assert [spec.weight_decay_of(g) for g in ("decay", "no_decay", "embedding")] == [0.01, 0.0, 0.0]
+    assert spec.embedding_penalty(8.0, 4) == 0.5 * 8.0 / 4
+    assert spec.penalises_embeddings and not RegularizationSpec().penalises_embeddings
+    with pytest.raises(ValueError, match="unknown parameter role"):
+        spec.group_of("gamma")
+    config = TrainConfig(model="lr", weight_decay=1e-3, embedding_l2=2e-4).validate()
+    assert RegularizationSpec.from_config(config) == RegularizationSpec(1e-3, 2e-4)
