@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     trainer = load_trainer(args.checkpoint, overrides)
     metrics = trainer.evaluate(store, args.split)
     metrics["checkpoint"] = str(args.checkpoint)
-    print(f"{args.split}: auc {metrics['auc']:.6f}  logloss {metrics['logloss']:.6f}  rows {metrics['rows']}",
+    gauc = f"  gauc {metrics['gauc']:.6f}" if "gauc" in metrics else ""  # the rows carry group ids
+    print(f"{args.split}: auc {metrics['auc']:.6f}  logloss {metrics['logloss']:.6f}{gauc}  rows {metrics['rows']}",
           file=summary_stream(args.out))
     if args.out:
         write_json_atomic(args.out, metrics, inputs=inputs)
