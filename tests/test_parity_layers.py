@@ -265,9 +265,9 @@ def test_embedding_regulariser_is_the_torch_trainers_rule(make_torch, make_tf):
     parity.torch_state_to_tf(layer, state_of(module))
     batch = mixed_batch()
     l2 = 0.3
-    tables = [t for t in layer._flatten_layers() if isinstance(t, kl.EmbeddingTable)]
+    tables = kl.embedding_tables(layer)
     assert len(tables) == 1
-    tables[0].l2 = l2
+    kl.set_embedding_l2(layer, l2)
 
     t_batch = torch_batch(batch)
     expected = l2 * torch_regulariser(module, t_batch)
@@ -294,7 +294,7 @@ def test_embedding_regulariser_is_the_torch_trainers_rule(make_torch, make_tf):
     # no term outside training or with l2 = 0
     layer(tf_batch(batch), training=False)
     assert layer.losses == []
-    tables[0].l2 = 0.0
+    kl.set_embedding_l2(layer, 0.0)
     layer(tf_batch(batch), training=True)
     assert layer.losses == []
 

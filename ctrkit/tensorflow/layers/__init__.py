@@ -12,7 +12,14 @@ Conventions the trainer relies on (as in the torch package):
 """
 
 from ctrkit.hparam_checks import ACTIVATIONS
-from ctrkit.tensorflow.layers.embedding import Bias, EmbeddingTable, FieldEmbedding, Linear
+from ctrkit.tensorflow.layers.embedding import (
+    Bias,
+    EmbeddingTable,
+    FieldEmbedding,
+    Linear,
+    embedding_tables,
+    set_embedding_l2,
+)
 from ctrkit.tensorflow.layers.interaction import (
     AttentionalPooling,
     CompressedInteractionNetwork,
@@ -45,7 +52,9 @@ __all__ = [
     "MLP",
     "MultiHeadSelfAttention",
     "dense",
+    "embedding_tables",
     "make_activation",
+    "set_embedding_l2",
     "torch_default_initialise",
     "xavier_normal",
 ]

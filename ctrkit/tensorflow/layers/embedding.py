@@ -99,6 +99,17 @@ class EmbeddingTable(keras.layers.Layer):
         return {**super().get_config(), "num_rows": self.num_rows, "dim": self.dim, "init_std": self.init_std}
 
 
+def embedding_tables(layer: keras.layers.Layer) -> list[EmbeddingTable]:
+    """Every :class:`EmbeddingTable` inside ``layer`` (itself included), each once."""
+    return [sub for sub in layer._flatten_layers(include_self=True, recursive=True) if isinstance(sub, EmbeddingTable)]
+
+
+def set_embedding_l2(layer: keras.layers.Layer, l2: float) -> None:
+    """Switch the embedding regulariser of every table in ``layer`` on (``l2 > 0``) or off; see :class:`EmbeddingTable`."""
+    for table in embedding_tables(layer):
+        table.l2 = float(l2)
+
+
 @keras.saving.register_keras_serializable(package="ctrkit")
 class Bias(keras.layers.Layer):
     """A free bias (one that is not the bias of a Dense layer): ``y = x + b``.
