@@ -1,12 +1,17 @@
 """Model registry: name -> paper, year, framework classes and fixed hyper-parameters.
 
-This module does not import torch (the CLI lists models without it); the model class is imported
-only by :func:`build_torch_model`.
+This module imports neither torch nor TensorFlow (the CLI lists models without them); a model
+class is imported only when a model is built (:func:`build_torch_model`, :func:`build_tf_model`,
+:func:`build_model`) or its keywords are resolved (:func:`resolved_hparams`).
+
+The PyTorch and TensorFlow class of a name take the same constructor arguments (names, defaults,
+order) and compute the same function; :mod:`ctrkit.parity` maps the weights between them.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import numbers
 from dataclasses import dataclass, field
@@ -27,7 +32,7 @@ class ModelInfo:
         torch_class: ``"module:Class"`` of the PyTorch implementation.
         tf_class: ``"module:Class"`` of the TensorFlow implementation, or None.
         defaults: hyper-parameters implied by the name (e.g. ``{"use_dnn": True}`` for autoint+);
-            explicit hyper-parameters passed to :func:`build_torch_model` take precedence.
+            explicit hyper-parameters passed to :func:`build_model` take precedence.
     """
 
     name: str
@@ -39,27 +44,25 @@ class ModelInfo:
     defaults: dict = field(default_factory=dict)
 
 
-_T = "ctrkit.pytorch.models."
+def _model(name: str, title: str, paper: str, year: int, path: str, **defaults: Any) -> ModelInfo:
+    """The entry of a model implemented in both frameworks, as ``module:Class`` in each package."""
+    return ModelInfo(name, title, paper, year, "ctrkit.pytorch.models." + path, "ctrkit.tensorflow.models." + path,
+                     defaults)
+
 
 MODELS: dict[str, ModelInfo] = {
     info.name: info
     for info in (
-        ModelInfo("lr", "LR", "Richardson et al., Predicting Clicks, WWW 2007", 2007, _T + "lr:LR"),
-        ModelInfo("dnn", "DNN", "Cheng et al., Wide & Deep Learning (deep part), DLRS 2016", 2016, _T + "dnn:DNN"),
-        ModelInfo("fm", "FM", "Rendle, Factorization Machines, ICDM 2010", 2010, _T + "fm:FM"),
-        ModelInfo("ffm", "FFM", "Juan et al., Field-aware Factorization Machines, RecSys 2016", 2016, _T + "ffm:FFM"),
-        ModelInfo("deepfm", "DeepFM", "Guo et al., DeepFM, IJCAI 2017", 2017, _T + "deepfm:DeepFM"),
-        ModelInfo("dcn", "DCN", "Wang et al., Deep & Cross Network, ADKDD 2017", 2017, _T + "dcn:DCN"),
-        ModelInfo("afm", "AFM", "Xiao et al., Attentional Factorization Machines, IJCAI 2017", 2017, _T + "afm:AFM"),
-        ModelInfo("xdeepfm", "xDeepFM", "Lian et al., xDeepFM, KDD 2018", 2018, _T + "xdeepfm:XDeepFM"),
-        ModelInfo(
-            "autoint", "AutoInt", "Song et al., AutoInt, CIKM 2019", 2019, _T + "autoint:AutoInt",
-            defaults={"use_dnn": False},
-        ),
-        ModelInfo(
-            "autoint+", "AutoInt+", "Song et al., AutoInt, CIKM 2019", 2019, _T + "autoint:AutoInt",
-            defaults={"use_dnn": True},
-        ),
+        _model("lr", "LR", "Richardson et al., Predicting Clicks, WWW 2007", 2007, "lr:LR"),
+        _model("dnn", "DNN", "Cheng et al., Wide & Deep Learning (deep part), DLRS 2016", 2016, "dnn:DNN"),
+        _model("fm", "FM", "Rendle, Factorization Machines, ICDM 2010", 2010, "fm:FM"),
+        _model("ffm", "FFM", "Juan et al., Field-aware Factorization Machines, RecSys 2016", 2016, "ffm:FFM"),
+        _model("deepfm", "DeepFM", "Guo et al., DeepFM, IJCAI 2017", 2017, "deepfm:DeepFM"),
+        _model("dcn", "DCN", "Wang et al., Deep & Cross Network, ADKDD 2017", 2017, "dcn:DCN"),
+        _model("afm", "AFM", "Xiao et al., Attentional Factorization Machines, IJCAI 2017", 2017, "afm:AFM"),
+        _model("xdeepfm", "xDeepFM", "Lian et al., xDeepFM, KDD 2018", 2018, "xdeepfm:XDeepFM"),
+        _model("autoint", "AutoInt", "Song et al., AutoInt, CIKM 2019", 2019, "autoint:AutoInt", use_dnn=False),
+        _model("autoint+", "AutoInt+", "Song et al., AutoInt, CIKM 2019", 2019, "autoint:AutoInt", use_dnn=True),
     )
 }
 
@@ -88,7 +91,7 @@ def _load(path: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
-#: Attributes :func:`build_torch_model` sets on the model it returns: the registry name and every
+#: Attributes :func:`build_model` sets on the model it returns: the registry name and every
 #: constructor keyword the model was built with, defaults included (what a checkpoint must record
 #: so that the same model can be built again).
 NAME_ATTRIBUTE = "ctrkit_name"
@@ -100,16 +103,16 @@ def _constructor_keywords(cls: Any) -> dict[str, inspect.Parameter]:
     return {k: p for k, p in params.items() if k != "schema" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Python's own types, recursively (tuples as lists, numpy scalars as int/float/bool).
 
-    Checkpoints are loaded with ``weights_only=True``, which refuses other types, and JSON and the
-    resume check compare lists.
+    Checkpoints are loaded with ``weights_only=True``, which refuses other types, and JSON, Keras
+    configs and the resume check compare lists.
     """
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (bool, str, int, float)) or value is None:
         return value
     if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):  # not an Integral
@@ -121,16 +124,43 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def resolved_hparams(name: str, hparams: dict | None = None) -> dict[str, Any]:
+#: the frameworks a model can be built in, and the package each one needs
+FRAMEWORKS: dict[str, str] = {"torch": "torch", "tf": "tensorflow"}
+
+
+def _check_framework(framework: str) -> str:
+    if framework not in FRAMEWORKS:
+        raise ConfigError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+    return framework
+
+
+def _class_path(info: ModelInfo, framework: str) -> str:
+    path = info.torch_class if _check_framework(framework) == "torch" else info.tf_class
+    if path is None:
+        raise ConfigError(f"model {info.name} has no {framework} implementation")
+    return path
+
+
+def _installed_framework() -> str:
+    """The first framework of :data:`FRAMEWORKS` that is installed (found without importing it)."""
+    for framework, package in FRAMEWORKS.items():
+        if importlib.util.find_spec(package) is not None:
+            return framework
+    raise ConfigError("neither PyTorch nor TensorFlow is installed; install ctrkit[torch] or ctrkit[tf]")
+
+
+def resolved_hparams(name: str, hparams: dict | None = None, framework: str | None = None) -> dict[str, Any]:
     """Every constructor keyword of model ``name`` with the value it gets from ``hparams``.
 
     Registry defaults are merged under ``hparams`` and the constructor's own defaults fill the
     rest; keywords the constructor does not take are left out. Two hyper-parameter dicts build
     the same model exactly when their resolved forms are equal (an old checkpoint recorded only
-    the values a user set; resolving it makes it comparable with a new one).
+    the values a user set; resolving it makes it comparable with a new one). Both frameworks'
+    classes have the same constructor, so the result does not depend on ``framework``, which
+    only picks the class to inspect (default: the first installed framework).
     """
     info = get_model_info(name)
-    keywords = _constructor_keywords(_load(info.torch_class))
+    keywords = _constructor_keywords(_load(_class_path(info, framework or _installed_framework())))
     given = {k: v for k, v in (hparams or {}).items() if v is not None}
     merged = {**info.defaults, **given}
     resolved = {}
@@ -139,29 +169,29 @@ def resolved_hparams(name: str, hparams: dict | None = None) -> dict[str, Any]:
             resolved[key] = merged[key]
         elif param.default is not param.empty:
             resolved[key] = param.default
-    return _plain(resolved)
+    return plain(resolved)
 
 
 def model_name_of(model: Any) -> str | None:
-    """The registry name of a model object, or None for a model the registry does not know.
+    """The registry name of a model object (either framework), or None for a model the registry does not know.
 
-    A model from :func:`build_torch_model` carries its name; otherwise the class decides, and a
-    class registered under several names (AutoInt, AutoInt+) by the registry defaults it matches.
+    A model from :func:`build_model` carries its name; otherwise the class decides, and a class
+    registered under several names (AutoInt, AutoInt+) by the registry defaults it matches.
     """
     name = getattr(model, NAME_ATTRIBUTE, None)
     if name:
         return str(name)
     cls = type(model)
     path = f"{cls.__module__}:{cls.__qualname__}"
-    candidates = [info for info in MODELS.values() if info.torch_class == path]
+    candidates = [info for info in MODELS.values() if path in (info.torch_class, info.tf_class)]
     for info in candidates:
         if all(getattr(model, key, None) == value for key, value in info.defaults.items()):
             return info.name
     return candidates[0].name if len(candidates) == 1 else None
 
 
-def build_torch_model(name: str, schema: Any, hparams: dict | None = None) -> tuple[Any, list[str]]:
-    """Build the PyTorch model registered as ``name``.
+def build_model(name: str, schema: Any, hparams: dict | None = None, framework: str = "torch") -> tuple[Any, list[str]]:
+    """Build the model registered as ``name`` in ``framework`` (``"torch"`` or ``"tf"``).
 
     Registry defaults are merged under ``hparams`` (explicit values win; ``None`` values count as
     not given, so the model's own default applies). Only the keywords that the
@@ -170,17 +200,24 @@ def build_torch_model(name: str, schema: Any, hparams: dict | None = None) -> tu
     configuration (``model.unused_hparams``, e.g. ``hidden_units`` of plain AutoInt).
 
     The model gets two attributes, ``ctrkit_name`` (the registry name) and ``ctrkit_hparams``
-    (:func:`resolved_hparams`: every constructor keyword, defaults included), which the trainer
-    writes to checkpoints and ``metrics.json``.
+    (:func:`resolved_hparams`: every constructor keyword, defaults included), which the trainers
+    write to checkpoints and ``metrics.json``. The same call in the other framework validates the
+    same way, ignores the same keys and records the same hyper-parameters. A TensorFlow model
+    takes Keras's global dtype policy (build it inside ``precision_policy`` for bf16).
+
+    Example::
+
+        model, ignored = build_model("deepfm", store.schema, {"embed_size": 8}, framework="tf")
 
     Returns:
         ``(model, ignored)``.
 
     Raises:
-        ConfigError: unknown name, or an invalid hyper-parameter value (the message names it).
+        ConfigError: unknown name or framework, or an invalid hyper-parameter value (the message
+            names it).
     """
     info = get_model_info(name)
-    cls = _load(info.torch_class)
+    cls = _load(_class_path(info, framework))
     given = {k: v for k, v in (hparams or {}).items() if v is not None}
     merged = {**info.defaults, **given}
     accepted = _constructor_keywords(cls)
@@ -194,5 +231,15 @@ def build_torch_model(name: str, schema: Any, hparams: dict | None = None) -> tu
         raise ConfigError(f"model {info.name}: invalid hyper-parameter: {exc}") from None
     ignored |= {k for k in getattr(model, "unused_hparams", ()) if k in given}
     setattr(model, NAME_ATTRIBUTE, info.name)
-    setattr(model, HPARAMS_ATTRIBUTE, resolved_hparams(info.name, given))
+    setattr(model, HPARAMS_ATTRIBUTE, resolved_hparams(info.name, given, framework))
     return model, sorted(ignored)
+
+
+def build_torch_model(name: str, schema: Any, hparams: dict | None = None) -> tuple[Any, list[str]]:
+    """:func:`build_model` in PyTorch: ``(model, ignored)``."""
+    return build_model(name, schema, hparams, framework="torch")
+
+
+def build_tf_model(name: str, schema: Any, hparams: dict | None = None) -> tuple[Any, list[str]]:
+    """:func:`build_model` in TensorFlow (Keras 3): ``(model, ignored)``."""
+    return build_model(name, schema, hparams, framework="tf")
