@@ -8,6 +8,12 @@ workers round-robin starting at worker 0, so the batch order is the single-proce
 
 The loader gets its own ``torch.Generator``: creating a ``DataLoader`` iterator draws a seed from
 its generator, and drawing it from the global RNG would shift the dropout masks of a resumed run.
+
+A user error in a worker (a :class:`~ctrkit.errors.CtrkitError`: a damaged chunk, a store replaced
+under the run) reaches the training process as that same error with its one-line message.
+PyTorch itself would re-raise it with a multi-line "Caught StoreError in DataLoader worker process
+0 ... Original Traceback" text; the worker hands the error over as an item instead
+(:class:`WorkerError`), which the loader raises where that batch would have been.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ctrkit.data.batches import BatchReader
+from ctrkit.errors import CtrkitError
 
 TensorBatch = dict[str, torch.Tensor]
 
@@ -54,10 +61,44 @@ class BatchDataset(IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         # rotate worker ids so that loader worker 0 reads batch ``start_batch``
         reader_worker = (worker + self.start_batch) % workers
-        for batch in self.reader.iter_epoch(
-            self.epoch, start_batch=self.start_batch, worker_id=reader_worker, num_workers=workers
-        ):
-            yield to_tensors(batch)
+        batches = self.reader.iter_epoch(self.epoch, start_batch=self.start_batch, worker_id=reader_worker, num_workers=workers)
+        if info is None:  # in the training process an error needs no wrapping
+            yield from map(to_tensors, batches)
+            return
+        try:
+            for batch in batches:
+                yield to_tensors(batch)
+        except CtrkitError as exc:
+            yield WorkerError(exc)
+
+
+class WorkerError:
+    """A user error raised in a loader worker, carried to the training process as an item.
+
+    It carries the error's class and message (what every ctrkit error is made of), and is neither
+    a mapping nor a sequence, so the loader's conversion and pinning pass it through unchanged.
+    """
+
+    def __init__(self, error: CtrkitError):
+        self.error_type = type(error)
+        self.message = str(error)
+
+    def raise_error(self) -> None:
+        try:
+            error = self.error_type(self.message)
+        except Exception:  # a subclass with other constructor arguments: keep at least the line
+            error = CtrkitError(self.message)
+        raise error from None
+
+
+class BatchLoader(DataLoader):
+    """A ``DataLoader`` that raises a worker's :class:`~ctrkit.errors.CtrkitError` as itself."""
+
+    def __iter__(self) -> Iterator[TensorBatch]:
+        for item in super().__iter__():
+            if isinstance(item, WorkerError):
+                item.raise_error()
+            yield item
 
 
 def make_loader(
@@ -66,7 +107,7 @@ def make_loader(
     start_batch: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
-) -> DataLoader:
+) -> BatchLoader:
     """A ``DataLoader`` yielding the reader's batches of ``epoch`` from ``start_batch`` on.
 
     Args:
@@ -78,7 +119,7 @@ def make_loader(
     """
     generator = torch.Generator()
     generator.manual_seed(0)
-    return DataLoader(
+    return BatchLoader(
         BatchDataset(reader, epoch, start_batch),
         batch_size=None,
         num_workers=num_workers,

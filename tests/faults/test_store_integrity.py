@@ -309,7 +309,7 @@ def test_store_replaced_under_a_loader_worker_is_an_error(tmp_path):
     assert replacement.build_id != store.build_id
     with pytest.raises(StoreError) as info:
         list(make_loader(reader, num_workers=1))
-    assert f"store {path} was replaced while in use: built {store.build_id}, now {replacement.build_id}; restart the run" in str(info.value)
+    assert str(info.value) == f"store {path} was replaced while in use: built {store.build_id}, now {replacement.build_id}; restart the run"
     # the process that opened the old build keeps reading it by its handle, never a mixture
     np.testing.assert_array_equal(store.read_split("train")["sparse"], rows(40)["sparse"])
 
