@@ -238,7 +238,7 @@ def test_bad_rows_in_a_large_block_are_found(kaggle_train, tmp_path):
     (lambda p: p.mkdir(), "is a directory"),
     (lambda p: p.write_bytes(b""), "file is empty"),
     (lambda p: p.write_bytes(gzip.compress(b"0\t1\n")), "gzip-compressed"),
-    (lambda p: p.write_text("a,b,c\n1,2,3\n"), "expected 40 tab-separated fields"),
+    (lambda p: p.write_text("a,b,c\n1,2,3\n"), "expected 40 comma-separated fields"),
 ])
 def test_unusable_files_are_refused_before_any_work(tmp_path, make, message):
     path = tmp_path / "raw.tsv"
