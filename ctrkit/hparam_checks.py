@@ -78,3 +78,12 @@ def check_activation(name: str, value: object) -> str:
 
 #: standard deviation of the normal initialiser of every embedding table, in both frameworks
 EMBEDDING_INIT_STD = 1e-4
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    """Return ``value`` (case-insensitive, ``-`` read as ``_``) if it is one of ``choices``."""
+    choices = tuple(choices)
+    key = value.strip().lower().replace("-", "_") if isinstance(value, str) else None
+    if key not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return key

@@ -14,7 +14,10 @@ import importlib
 import importlib.util
 import inspect
 import numbers
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ctrkit.errors import ConfigError
@@ -33,6 +36,11 @@ class ModelInfo:
         tf_class: ``"module:Class"`` of the TensorFlow implementation, or None.
         defaults: hyper-parameters implied by the name (e.g. ``{"use_dnn": True}`` for autoint+);
             explicit hyper-parameters passed to :func:`build_model` take precedence.
+        embedding_width: ``(num_fields, hparams) -> floats per embedding-table row``, summed over
+            the model's tables (every table has one row per vocabulary entry and dense field);
+            what :func:`embedding_bytes` multiplies by the rows. ``hparams`` are the merged
+            hyper-parameters; an absent ``embed_size`` means the constructor's default (checked
+            against the built models by the tests).
     """
 
     name: str
@@ -42,27 +50,49 @@ class ModelInfo:
     torch_class: str
     tf_class: str | None = None
     defaults: dict = field(default_factory=dict)
+    embedding_width: Callable[[int, Mapping[str, Any]], int] | None = None
 
 
-def _model(name: str, title: str, paper: str, year: int, path: str, **defaults: Any) -> ModelInfo:
+def _width(default_embed_size: int, per_field: bool = False, linear: bool = False) -> Callable[[int, Mapping], int]:
+    """Row width of a model's tables: ``embed_size`` (times ``F`` for field-aware rows), plus 1 for a first-order term."""
+
+    def width(num_fields: int, hparams: Mapping[str, Any]) -> int:
+        size = int(hparams.get("embed_size") or default_embed_size)
+        return size * (num_fields if per_field else 1) + (1 if linear else 0)
+
+    return width
+
+
+def _model(
+    name: str, title: str, paper: str, year: int, path: str, width: Callable[[int, Mapping], int], **defaults: Any
+) -> ModelInfo:
     """The entry of a model implemented in both frameworks, as ``module:Class`` in each package."""
     return ModelInfo(name, title, paper, year, "ctrkit.pytorch.models." + path, "ctrkit.tensorflow.models." + path,
-                     defaults)
+                     defaults, width)
 
 
 MODELS: dict[str, ModelInfo] = {
     info.name: info
     for info in (
-        _model("lr", "LR", "Richardson et al., Predicting Clicks, WWW 2007", 2007, "lr:LR"),
-        _model("dnn", "DNN", "Cheng et al., Wide & Deep Learning (deep part), DLRS 2016", 2016, "dnn:DNN"),
-        _model("fm", "FM", "Rendle, Factorization Machines, ICDM 2010", 2010, "fm:FM"),
-        _model("ffm", "FFM", "Juan et al., Field-aware Factorization Machines, RecSys 2016", 2016, "ffm:FFM"),
-        _model("deepfm", "DeepFM", "Guo et al., DeepFM, IJCAI 2017", 2017, "deepfm:DeepFM"),
-        _model("dcn", "DCN", "Wang et al., Deep & Cross Network, ADKDD 2017", 2017, "dcn:DCN"),
-        _model("afm", "AFM", "Xiao et al., Attentional Factorization Machines, IJCAI 2017", 2017, "afm:AFM"),
-        _model("xdeepfm", "xDeepFM", "Lian et al., xDeepFM, KDD 2018", 2018, "xdeepfm:XDeepFM"),
-        _model("autoint", "AutoInt", "Song et al., AutoInt, CIKM 2019", 2019, "autoint:AutoInt", use_dnn=False),
-        _model("autoint+", "AutoInt+", "Song et al., AutoInt, CIKM 2019", 2019, "autoint:AutoInt", use_dnn=True),
+        _model("lr", "LR", "Richardson et al., Predicting Clicks, WWW 2007", 2007, "lr:LR", lambda f, h: 1),
+        _model("dnn", "DNN", "Cheng et al., Wide & Deep Learning (deep part), DLRS 2016", 2016, "dnn:DNN", _width(16)),
+        _model("fm", "FM", "Rendle, Factorization Machines, ICDM 2010", 2010, "fm:FM", _width(16, linear=True)),
+        _model("ffm", "FFM", "Juan et al., Field-aware Factorization Machines, RecSys 2016", 2016, "ffm:FFM",
+               _width(4, per_field=True, linear=True)),
+        _model("deepfm", "DeepFM", "Guo et al., DeepFM, IJCAI 2017", 2017, "deepfm:DeepFM", _width(16, linear=True)),
+        _model("dcn", "DCN", "Wang et al., Deep & Cross Network, ADKDD 2017", 2017, "dcn:DCN", _width(16)),
+        _model("afm", "AFM", "Xiao et al., Attentional Factorization Machines, IJCAI 2017", 2017, "afm:AFM",
+               _width(16, linear=True)),
+        _model("xdeepfm", "xDeepFM", "Lian et al., xDeepFM, KDD 2018", 2018, "xdeepfm:XDeepFM", _width(16, linear=True)),
+        _model("autoint", "AutoInt", "Song et al., AutoInt, CIKM 2019", 2019, "autoint:AutoInt", _width(16),
+               use_dnn=False),
+        _model("autoint+", "AutoInt+", "Song et al., AutoInt, CIKM 2019", 2019, "autoint:AutoInt", _width(16),
+               use_dnn=True),
+        _model("onn", "ONN", "Yang et al., Operation-aware Neural Networks for User Response Prediction, "
+               "Neural Networks 2020 (arXiv 2019)", 2019, "onn:ONN", _width(2, per_field=True)),
+        _model("fibinet", "FiBiNET", "Huang et al., FiBiNET, RecSys 2019", 2019, "fibinet:FiBiNET",
+               _width(10, linear=True)),
+        _model("dcnv2", "DCN-V2", "Wang et al., DCN V2, WWW 2021", 2021, "dcnv2:DCNV2", _width(16)),
     )
 }
 
@@ -73,6 +103,10 @@ ALIASES: dict[str, str] = {
     "xdeep_fm": "xdeepfm",
     "deep_fm": "deepfm",
     "logistic_regression": "lr",
+    "nffm": "onn",
+    "dcn_v2": "dcnv2",
+    "dcn-v2": "dcnv2",
+    "dcn-m": "dcnv2",
 }
 
 
@@ -243,3 +277,95 @@ def build_torch_model(name: str, schema: Any, hparams: dict | None = None) -> tu
 def build_tf_model(name: str, schema: Any, hparams: dict | None = None) -> tuple[Any, list[str]]:
     """:func:`build_model` in TensorFlow (Keras 3): ``(model, ignored)``."""
     return build_model(name, schema, hparams, framework="tf")
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: the embedding tables dominate a CTR model's memory (ONN's and FFM's rows are F times
+# wider than the others'), so training refuses a configuration whose tables cannot fit instead of
+# swapping for hours.
+# ---------------------------------------------------------------------------------------------
+
+#: bytes of one float32 parameter
+FLOAT_BYTES = 4
+#: copies of every embedding table that training keeps: the weights, their gradient (a dense
+#: table-sized tensor in the torch backward), and Adam's two moment estimates
+TRAINING_COPIES = 4
+
+
+def _merged_hparams(info: ModelInfo, hparams: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {**info.defaults, **{k: v for k, v in (hparams or {}).items() if v is not None}}
+
+
+def embedding_bytes(name: str, schema: Any, hparams: Mapping[str, Any] | None = None) -> int:
+    """Bytes of the float32 embedding tables of model ``name`` built on ``schema`` with ``hparams``.
+
+    ``rows x width x 4`` where ``rows`` is the vocabulary plus one row per dense field and
+    ``width`` the model's floats per row (:attr:`ModelInfo.embedding_width`: ``F * embed_size``
+    for ONN, ``F * embed_size + 1`` for FFM, ``embed_size`` (+ 1 with a first-order term) for the
+    others). Imports neither framework.
+
+    Example::
+
+        embedding_bytes("onn", store.schema, {"embed_size": 4})  # (V + n_dense) * F * 4 * 4
+    """
+    info = get_model_info(name)
+    num_fields = len(schema.sparse) + len(schema.dense) + len(schema.sequence)
+    rows = int(schema.total_vocab) + len(schema.dense)
+    width = info.embedding_width(num_fields, _merged_hparams(info, hparams)) if info.embedding_width else 0
+    return rows * width * FLOAT_BYTES
+
+
+def _cgroup_memory_limit() -> int | None:
+    """The memory limit of this process's cgroup (v2 ``memory.max`` or v1), or None when unlimited/unknown."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # v1 reports "no limit" as a huge number
+            return int(text)
+    return None
+
+
+def available_memory_bytes() -> int | None:
+    """Physical memory of this machine (``os.sysconf``), or the cgroup limit when lower; None if unknown."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        physical = None
+    limits = [v for v in (physical, _cgroup_memory_limit()) if v]
+    return min(limits) if limits else None
+
+
+def check_fits_in_memory(
+    name: str,
+    schema: Any,
+    hparams: Mapping[str, Any] | None = None,
+    available: int | None = None,
+    copies: int = TRAINING_COPIES,
+) -> int:
+    """Refuse (one-line :class:`ConfigError`) a model whose embedding tables cannot be trained in memory.
+
+    Training keeps ``copies`` table-sized arrays (weights, gradient, two Adam moments); their sum
+    is compared with ``available`` bytes (default: :func:`available_memory_bytes`, the physical
+    memory or the cgroup limit). Returns the estimate in bytes. An unknown amount of memory
+    refuses nothing.
+
+    Example::
+
+        check_fits_in_memory(config.model, store.schema, config.hparams())  # before building the model
+    """
+    info = get_model_info(name)
+    needed = embedding_bytes(info.name, schema, hparams) * copies
+    available = available_memory_bytes() if available is None else available
+    if available and needed > available:
+        gib = 1 << 30
+        num_fields = len(schema.sparse) + len(schema.dense) + len(schema.sequence)
+        width = info.embedding_width(num_fields, _merged_hparams(info, hparams)) if info.embedding_width else 0
+        rows = int(schema.total_vocab) + len(schema.dense)
+        raise ConfigError(
+            f"model {info.name} does not fit in memory: its embedding tables need about {needed / gib:.1f} GiB to "
+            f"train ({rows:,} rows x {width} floats x {copies} copies: weights, gradient, Adam state), this "
+            f"machine has {available / gib:.1f} GiB; lower --embed_size or raise the store's min_count"
+        )
+    return needed

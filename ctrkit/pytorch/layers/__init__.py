@@ -13,21 +13,33 @@ Conventions the trainer relies on (see ``docs/architecture.md``):
 from ctrkit.pytorch.layers._checks import ACTIVATIONS
 from ctrkit.pytorch.layers.embedding import Bias, EmbeddingTable, FieldEmbedding, Linear
 from ctrkit.pytorch.layers.interaction import (
+    BILINEAR_TYPES,
+    ONN_PRODUCTS,
     AttentionalPooling,
+    BilinearInteraction,
     CompressedInteractionNetwork,
     CrossNet,
+    CrossNetMix,
+    CrossNetV2,
     FactorizationMachine,
     FieldAwareFactorizationMachine,
     MultiHeadSelfAttention,
+    OperationAwareInteraction,
+    SqueezeExcitation,
 )
 from ctrkit.pytorch.layers.mlp import MLP, init_linear, make_activation
 
 __all__ = [
     "ACTIVATIONS",
+    "BILINEAR_TYPES",
+    "ONN_PRODUCTS",
     "AttentionalPooling",
     "Bias",
+    "BilinearInteraction",
     "CompressedInteractionNetwork",
     "CrossNet",
+    "CrossNetMix",
+    "CrossNetV2",
     "EmbeddingTable",
     "FactorizationMachine",
     "FieldAwareFactorizationMachine",
@@ -35,6 +47,8 @@ __all__ = [
     "Linear",
     "MLP",
     "MultiHeadSelfAttention",
+    "OperationAwareInteraction",
+    "SqueezeExcitation",
     "init_linear",
     "make_activation",
 ]

@@ -1,4 +1,5 @@
-"""Feature-interaction blocks: FM, FFM, cross network, CIN, self-attention, attentional pooling."""
+"""Feature-interaction blocks: FM, FFM, cross networks (v1, v2, mixture of low-rank experts), CIN,
+self-attention, attentional pooling, SENET, bilinear interaction, operation-aware products."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from ctrkit.errors import ConfigError
 from ctrkit.pytorch.layers import _fused
+from ctrkit.hparam_checks import check_choice
 from ctrkit.pytorch.layers._checks import check_bool, check_int, check_prob, check_units
 from ctrkit.pytorch.layers.embedding import Bias
 from ctrkit.pytorch.layers.mlp import init_linear, make_activation
@@ -355,3 +357,347 @@ class AttentionalPooling(nn.Module):
         weights = torch.softmax(logits, dim=1, dtype=torch.promote_types(logits.dtype, torch.float32))  # (B, P, 1)
         pooled = (weights * pairs).sum(dim=1)  # (B, D)
         return self.projection(self.dropout(pooled))  # (B, 1)
+
+
+def _xavier_normal_blocks(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
+    """Every block of a stacked weight Xavier-normal as the ``fan_out x fan_in`` matrix it is.
+
+    Several blocks below keep G small matrices in one tensor (one GEMM instead of G); Xavier on
+    the whole tensor would use its total fan-out and start each matrix too small.
+    """
+    with torch.no_grad():
+        weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+class CrossNetV2(nn.Module):
+    """Full-rank cross network of DCN-V2.
+
+    Wang et al., "DCN V2: Improved Deep & Cross Network and Practical Lessons for Web-scale
+    Learning to Rank Systems", WWW 2021, https://arxiv.org/abs/2008.13535 (eq. 1)::
+
+        x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l,     W_l in R^{d x d}, b_l in R^d
+
+    ``layers[l]`` is the ``nn.Linear(d, d)`` holding ``W_l, b_l`` (Xavier-normal, zero bias). Each
+    layer is one GEMM plus one fused multiply-add (``addcmul``); under autocast the GEMM runs in
+    bf16 and the residual sum in float32.
+
+    Args:
+        input_dim: ``d``.
+        num_layers: number of cross layers (>= 1).
+
+    Shapes: ``[B, d]`` -> ``[B, d]``.
+
+    Example::
+
+        cross = CrossNetV2(32, num_layers=3)
+        cross(torch.randn(4, 32)).shape  # torch.Size([4, 32])
+    """
+
+    def __init__(self, input_dim: int, num_layers: int = 3) -> None:
+        super().__init__()
+        self.input_dim = check_int("input_dim", input_dim)
+        self.num_layers = check_int("cross_layers", num_layers)
+        self.layers = nn.ModuleList(nn.Linear(self.input_dim, self.input_dim) for _ in range(self.num_layers))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in self.layers:
+            init_linear(layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xl = x  # (B, d)
+        for layer in self.layers:
+            xl = torch.addcmul(xl, x, layer(xl))  # (B, d)
+        return xl
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = x  # (B, d)
+        xl = x
+        for layer in self.layers:
+            wx = (xl.unsqueeze(1) * layer.weight.unsqueeze(0)).sum(dim=2) + layer.bias  # (B, d): W_l x_l + b_l
+            xl = x0 * wx + xl
+        return xl
+
+
+class CrossNetMix(nn.Module):
+    """Cross network of DCN-Mix: a softmax-gated mixture of low-rank cross experts per layer.
+
+    Wang et al., "DCN V2", WWW 2021, https://arxiv.org/abs/2008.13535 (eq. 3, 4)::
+
+        E_i(x_l) = x_0 ⊙ (U_i g(C_i g(V_i^T x_l)) + b_l)          (expert i, rank r)
+        x_{l+1}  = sum_i G_i(x_l) E_i(x_l) + x_l,   G(x_l) = softmax_i(w_i^T x_l)
+
+    with ``U_i, V_i in R^{d x r}``, ``C_i in R^{r x r}`` and ``g`` the low-rank nonlinearity
+    (``activation``, ``tanh`` default as in FuxiCTR/DeepCTR; ``identity`` gives the linear
+    mixture). The bias ``b_l`` is shared by the experts, so since the gates sum to one
+    ``sum_i G_i E_i = x_0 ⊙ (sum_i U_i (G_i h_i) + b_l)``: all experts are one GEMM down
+    (``down[l]``: the ``V_i^T`` stacked, ``nn.Linear(d, K*r)``), one batched ``r x r`` product
+    (``mid[l]``: the ``C_i`` as a kernel-size-1 ``nn.Conv1d`` with ``groups=K``, used only as the
+    holder of the K blocks), one GEMM up (``up[l]``: ``[U_1 ... U_K]`` and ``b_l``,
+    ``nn.Linear(K*r, d)``); no loop over experts. ``gates[l]`` is ``nn.Linear(d, K)`` without bias.
+    Each expert's matrices are Xavier-normal as their own ``d x r``/``r x r``/``1 x d`` matrices.
+
+    Args:
+        input_dim: ``d``.
+        num_layers: number of cross layers (>= 1).
+        low_rank: ``r``.
+        num_experts: ``K``.
+        activation: ``g``.
+
+    Shapes: ``[B, d]`` -> ``[B, d]``.
+
+    Example::
+
+        cross = CrossNetMix(32, num_layers=2, low_rank=8, num_experts=4)
+        cross(torch.randn(4, 32)).shape  # torch.Size([4, 32])
+    """
+
+    def __init__(
+        self, input_dim: int, num_layers: int = 3, low_rank: int = 32, num_experts: int = 4, activation: str = "tanh"
+    ) -> None:
+        super().__init__()
+        self.input_dim = d = check_int("input_dim", input_dim)
+        self.num_layers = check_int("cross_layers", num_layers)
+        self.low_rank = r = check_int("low_rank", low_rank)
+        self.num_experts = k = check_int("num_experts", num_experts)
+        self.activation = make_activation(activation)
+        layers = range(self.num_layers)
+        self.gates = nn.ModuleList(nn.Linear(d, k, bias=False) for _ in layers)
+        self.down = nn.ModuleList(nn.Linear(d, k * r, bias=False) for _ in layers)
+        self.mid = nn.ModuleList(nn.Conv1d(k * r, k * r, kernel_size=1, groups=k, bias=False) for _ in layers)
+        self.up = nn.ModuleList(nn.Linear(k * r, d) for _ in layers)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        d, r = self.input_dim, self.low_rank
+        for gate, down, mid, up in zip(self.gates, self.down, self.mid, self.up):
+            _xavier_normal_blocks(gate.weight, d, 1)
+            _xavier_normal_blocks(down.weight, d, r)
+            _xavier_normal_blocks(mid.weight, r, r)
+            _xavier_normal_blocks(up.weight, r, d)
+            nn.init.zeros_(up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, k, r = x.shape[0], self.num_experts, self.low_rank
+        xl = x  # (B, d)
+        for gate, down, mid, up in zip(self.gates, self.down, self.mid, self.up):
+            logits = gate(xl)  # (B, K)
+            weights = torch.softmax(logits, dim=1, dtype=torch.promote_types(logits.dtype, torch.float32))
+            h = self.activation(down(xl)).view(batch, k, r)  # (B, K, r): g(V_i^T x_l)
+            c = mid.weight.view(k, r, r)  # (K, r_out, r_in)
+            h = self.activation(torch.einsum("bki,koi->bko", h, c))  # (B, K, r): g(C_i h_i)
+            mixed = (h * weights.unsqueeze(2).to(h.dtype)).reshape(batch, k * r)  # (B, K*r): G_i h_i
+            xl = torch.addcmul(xl, x, up(mixed))  # (B, d)
+        return xl
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 3-4 expert by expert, each with its own bias term and gate."""
+        r = self.low_rank
+        x0 = x  # (B, d)
+        xl = x
+        for gate, down, mid, up in zip(self.gates, self.down, self.mid, self.up):
+            weights = torch.softmax(xl @ gate.weight.T, dim=1)  # (B, K)
+            mixture = torch.zeros_like(xl)
+            for i in range(self.num_experts):
+                block = slice(i * r, (i + 1) * r)
+                v, c, u = down.weight[block], mid.weight[block, :, 0], up.weight[:, block]  # (r,d) (r,r) (d,r)
+                h = self.activation(self.activation(xl @ v.T) @ c.T)  # (B, r)
+                expert = x0 * (h @ u.T + up.bias)  # (B, d)
+                mixture = mixture + weights[:, i:i + 1] * expert
+            xl = mixture + xl
+        return xl
+
+
+class SqueezeExcitation(nn.Module):
+    """SENET layer of FiBiNET: field importance from squeeze and excitation, then reweighting.
+
+    Huang, Zhang and Zhang, "FiBiNET: Combining Feature Importance and Bilinear feature
+    Interaction for Click-Through Rate Prediction", RecSys 2019, https://arxiv.org/abs/1905.09433
+    (eq. 2-5)::
+
+        z_i = (1/D) sum_t e_{i,t}                          (squeeze: mean pooling)
+        a   = ReLU(W_2 ReLU(W_1 z)),   W_1 in R^{R x F}, W_2 in R^{F x R}, R = max(1, F // r)
+        v_i = a_i e_i                                      (re-weight)
+
+    ``reduce`` (``W_1``) and ``expand`` (``W_2``) are bias-free Xavier-normal ``nn.Linear``, as in
+    the paper and FuxiCTR.
+
+    Args:
+        num_fields: ``F``.
+        reduction_ratio: ``r`` (>= 1).
+
+    Shapes: ``[B, F, D]`` -> ``[B, F, D]``.
+
+    Example::
+
+        senet = SqueezeExcitation(10, reduction_ratio=3)
+        senet(torch.randn(4, 10, 8)).shape  # torch.Size([4, 10, 8])
+    """
+
+    def __init__(self, num_fields: int, reduction_ratio: int = 3) -> None:
+        super().__init__()
+        self.num_fields = check_int("num_fields", num_fields)
+        self.reduction_ratio = check_int("reduction_ratio", reduction_ratio)
+        self.reduced = max(1, self.num_fields // self.reduction_ratio)
+        self.reduce = nn.Linear(self.num_fields, self.reduced, bias=False)
+        self.expand = nn.Linear(self.reduced, self.num_fields, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_linear(self.reduce)
+        init_linear(self.expand)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.mean(dim=2)  # (B, F)
+        a = F.relu(self.expand(F.relu(self.reduce(z))))  # (B, F)
+        return x * a.unsqueeze(2)  # (B, F, D)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        fields = range(self.num_fields)
+        z = torch.stack([x[:, i].sum(dim=1) / x.shape[2] for i in fields], dim=1)  # (B, F)
+        hidden = torch.stack([F.relu(z @ self.reduce.weight[j]) for j in range(self.reduced)], dim=1)  # (B, R)
+        a = [F.relu(hidden @ self.expand.weight[i]) for i in fields]  # F x (B,)
+        return torch.stack([x[:, i] * a[i].unsqueeze(1) for i in fields], dim=1)  # (B, F, D)
+
+
+#: which fields share a bilinear matrix: one for all pairs, one per left field, one per pair
+BILINEAR_TYPES = ("field_all", "field_each", "field_interaction")
+
+
+def bilinear_groups(num_fields: int, bilinear_type: str) -> int:
+    """Number of ``D x D`` matrices of a bilinear interaction over ``num_fields`` fields."""
+    return {"field_all": 1, "field_each": num_fields - 1, "field_interaction": num_fields * (num_fields - 1) // 2}[
+        bilinear_type
+    ]
+
+
+class BilinearInteraction(nn.Module):
+    """Bilinear-interaction layer of FiBiNET.
+
+    Huang et al., RecSys 2019, https://arxiv.org/abs/1905.09433 (eq. 6-8), for every pair ``i < j``::
+
+        p_ij = (W_g v_i) ⊙ v_j,     g = 0 (field_all) | i (field_each) | (i, j) (field_interaction)
+
+    (the paper writes ``v_i · W ⊙ v_j`` with a row vector; ``W_g`` here is the transpose, as in
+    ``nn.Linear``). ``field_each`` has ``F - 1`` matrices: the last field is never the left one.
+    The G matrices are the blocks of a bias-free kernel-size-1 ``nn.Conv1d(G*D, G*D, groups=G)``
+    (``matrices``; its weight is ``[G*D, D, 1]``, block ``g`` = ``W_g``), each Xavier-normal as a
+    ``D x D`` matrix; the forward contracts them with one batched product on the ``F`` (or ``P``)
+    fields that need them, then gathers the pairs.
+
+    Args:
+        num_fields: ``F`` (>= 2).
+        embed_dim: ``D``.
+        bilinear_type: ``field_all``, ``field_each`` or ``field_interaction``.
+
+    Shapes: ``[B, F, D]`` -> ``[B, P, D]`` with ``P = F (F - 1) / 2``, pairs in row-major order.
+
+    Example::
+
+        bilinear = BilinearInteraction(5, 8, "field_each")
+        bilinear(torch.randn(4, 5, 8)).shape  # torch.Size([4, 10, 8])
+    """
+
+    def __init__(self, num_fields: int, embed_dim: int, bilinear_type: str = "field_interaction") -> None:
+        super().__init__()
+        self.num_fields = check_int("num_fields", num_fields, minimum=2)
+        self.embed_dim = check_int("embed_size", embed_dim)
+        self.bilinear_type = check_choice("bilinear_type", bilinear_type, BILINEAR_TYPES)
+        self.groups = bilinear_groups(self.num_fields, self.bilinear_type)
+        width = self.groups * self.embed_dim
+        self.matrices = nn.Conv1d(width, width, kernel_size=1, groups=self.groups, bias=False)
+        rows, cols = _pair_indices(self.num_fields)
+        self.register_buffer("rows", rows, persistent=False)  # (P,)
+        self.register_buffer("cols", cols, persistent=False)  # (P,)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _xavier_normal_blocks(self.matrices.weight, self.embed_dim, self.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.embed_dim
+        w = self.matrices.weight.view(self.groups, d, d)  # (G, D_out, D_in)
+        if self.bilinear_type == "field_all":
+            left = F.linear(x, w[0])[:, self.rows]  # (B, P, D)
+        elif self.bilinear_type == "field_each":
+            left = torch.einsum("bgi,goi->bgo", x[:, :-1], w)[:, self.rows]  # (B, P, D)
+        else:
+            left = torch.einsum("bpi,poi->bpo", x[:, self.rows], w)  # (B, P, D)
+        return left * x[:, self.cols]  # (B, P, D)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.embed_dim
+        pairs = []
+        for p, (i, j) in enumerate(zip(self.rows.tolist(), self.cols.tolist())):
+            g = {"field_all": 0, "field_each": i, "field_interaction": p}[self.bilinear_type]
+            w = self.matrices.weight[g * d:(g + 1) * d, :, 0]  # (D_out, D_in)
+            pairs.append((x[:, i] @ w.T) * x[:, j])  # (B, D)
+        return torch.stack(pairs, dim=1)  # (B, P, D)
+
+
+#: how ONN combines the two operation-aware embeddings of a pair
+ONN_PRODUCTS = ("inner", "hadamard")
+
+
+class OperationAwareInteraction(nn.Module):
+    """Copy and product operations of ONN over operation-aware embeddings.
+
+    Yang, Xu, Shen and Zhao, "Operation-aware Neural Networks for User Response Prediction",
+    Neural Networks 2020, https://arxiv.org/abs/1904.12579 (section 3)::
+
+        f_copy = [e_{1,1}; ...; e_{F,F}]                         (copy operation)
+        f_ij   = <e_{i,j}, e_{j,i}>   (inner)   or   e_{i,j} ⊙ e_{j,i}   (hadamard, NFFM),   i < j
+        output = [f_copy; f_12; f_13; ...; f_{F-1,F}]
+
+    The input is each field's row of the operation-aware table: ``F`` blocks of ``D`` values,
+    block ``j`` of field ``i`` being ``e_{i,j}``, the embedding field ``i`` uses in its product
+    with field ``j``; the diagonal block ``e_{i,i}`` (no product uses it) is the copy embedding.
+    So each field has exactly ``F`` embeddings (one per operation) and the whole output is one
+    gather of ``F + 2P`` blocks.
+
+    Args:
+        num_fields: ``F``.
+        embed_dim: ``D``.
+        product: ``inner`` (the ONN paper) or ``hadamard`` (NFFM).
+
+    Shapes: ``[B, F, F*D]`` -> ``[B, F*D + P]`` (inner) or ``[B, F*D + P*D]`` (hadamard).
+
+    Example::
+
+        onn = OperationAwareInteraction(5, 2)
+        onn(torch.randn(4, 5, 10)).shape  # torch.Size([4, 20])  (5*2 + 10)
+    """
+
+    def __init__(self, num_fields: int, embed_dim: int, product: str = "inner") -> None:
+        super().__init__()
+        self.num_fields = f = check_int("num_fields", num_fields)
+        self.embed_dim = check_int("embed_size", embed_dim)
+        self.product = check_choice("product", product, ONN_PRODUCTS)
+        rows, cols = _pair_indices(f)
+        self.num_pairs = rows.numel()
+        diagonal = torch.arange(f) * (f + 1)
+        blocks = torch.cat([diagonal, rows * f + cols, cols * f + rows])  # (F + 2P,) of the [F*F] blocks
+        self.register_buffer("blocks", blocks, persistent=False)
+        pair_width = 1 if self.product == "inner" else self.embed_dim
+        self.output_dim = f * self.embed_dim + self.num_pairs * pair_width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f, p, d = self.num_fields, self.num_pairs, self.embed_dim
+        e = x.reshape(x.shape[0], f * f, d)[:, self.blocks]  # (B, F + 2P, D)
+        copy, left, right = e[:, :f], e[:, f:f + p], e[:, f + p:]  # (B, F, D), (B, P, D), (B, P, D)
+        products = left * right  # (B, P, D)
+        products = products.sum(dim=2) if self.product == "inner" else products.flatten(1)  # (B, P[*D])
+        return torch.cat([copy.flatten(1), products], dim=1)  # (B, output_dim)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.embed_dim
+
+        def block(i: int, j: int) -> torch.Tensor:
+            return x[:, i, j * d:(j + 1) * d]  # (B, D): e_{i,j}
+
+        parts = [block(i, i) for i in range(self.num_fields)]
+        for i in range(self.num_fields):
+            for j in range(i + 1, self.num_fields):
+                product = block(i, j) * block(j, i)  # (B, D)
+                parts.append(product.sum(dim=1, keepdim=True) if self.product == "inner" else product)
+        return torch.cat(parts, dim=1)  # (B, output_dim)
