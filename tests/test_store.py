@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 
@@ -162,3 +163,58 @@ def test_unknown_split_is_a_clear_error(tmp_path):
         store = writer.commit()
     with pytest.raises(StoreError, match="no split 'valid'"):
         store.split("valid")
+
+
+def _train_store(tmp_path, n: int = 50, chunk_rows: int = 16, **kwargs) -> Store:
+    with StoreWriter(tmp_path / "s.lmdb", SCHEMA, chunk_rows=chunk_rows) as writer:
+        writer.append("train", rows(n))
+        writer.commit()
+    return Store(tmp_path / "s.lmdb", **kwargs)
+
+
+@pytest.mark.parametrize("check_reads", [True, False])
+def test_read_rows_concatenates_segments_in_the_order_asked(tmp_path, check_reads):
+    store = _train_store(tmp_path, check_reads=check_reads)
+    expected = rows(50)
+    segments = [(2, 5, 16), (0, 0, 3), (3, 0, 2), (1, 7, 7), (1, 10, 12)]  # any order, empty pieces too
+    got = store.read_rows("train", segments)
+    index = np.concatenate([np.arange(16 * c + a, 16 * c + b) for c, a, b in segments])
+    assert list(got) == ["label", "sparse", "dense"]
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key][index])
+        assert got[key].dtype == expected[key].dtype and got[key].flags.writeable and got[key].flags.owndata
+    only = store.read_rows("train", [(0, 0, 4)], columns=("sparse", "label", "not-there"))
+    assert list(only) == ["sparse", "label"]
+    assert store.read_rows("train", []) == {}
+
+
+def test_read_rows_results_are_independent_copies(tmp_path):
+    store = _train_store(tmp_path)
+    first = store.read_rows("train", [(0, 0, 16)])
+    first["sparse"][:] = -1  # writing into a result touches neither the store nor the next read
+    np.testing.assert_array_equal(store.read_rows("train", [(0, 0, 16)])["sparse"], rows(16)["sparse"])
+    np.testing.assert_array_equal(store.read_chunk("train", 0)["sparse"], rows(16)["sparse"])
+
+
+def test_read_rows_refuses_rows_a_chunk_does_not_hold(tmp_path):
+    store = _train_store(tmp_path)
+    with pytest.raises(StoreError, match=r"chunk 3 of split 'train' .*: rows \[0, 3\) asked for, but it holds 2$"):
+        store.read_rows("train", [(0, 0, 16), (3, 0, 3)])
+    with pytest.raises(StoreError, match="chunk 4 of split 'train' .* is missing"):
+        store.read_rows("train", [(4, 0, 1)])
+
+
+def test_read_rows_checks_every_chunk_it_touches(tmp_path):
+    _train_store(tmp_path)
+    shutil.copytree(tmp_path / "s.lmdb", tmp_path / "copy.lmdb")  # this process holds s.lmdb open
+    env = lmdb.open(str(tmp_path / "copy.lmdb"), max_dbs=0)
+    with env.begin(write=True) as txn:
+        key = b"chunk/train/00000002"
+        value = bytearray(txn.get(key))
+        value[-20] ^= 1
+        txn.put(key, bytes(value))
+    env.close()
+    fresh = Store(tmp_path / "copy.lmdb")
+    np.testing.assert_array_equal(fresh.read_rows("train", [(0, 0, 16), (1, 0, 16)])["sparse"], rows(32)["sparse"])
+    with pytest.raises(StoreError, match="chunk 2 of split 'train' .* checksum mismatch"):
+        fresh.read_rows("train", [(0, 0, 16), (2, 15, 16)])  # one row of it is enough

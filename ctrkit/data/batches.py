@@ -102,7 +102,6 @@ class BatchReader:
         self.world_size = world_size
         self.even_shards = even_shards
         self.columns = columns
-        self._chunk_cache: tuple[int, Batch] | None = None
 
     # -- sizes -------------------------------------------------------------------------------
     def _shard_bounds(self) -> tuple[int, int]:
@@ -148,20 +147,9 @@ class BatchReader:
         return [segments[i : i + self.shuffle_window] for i in range(0, len(segments), self.shuffle_window)]
 
     # -- reading -----------------------------------------------------------------------------
-    def _read_chunk(self, index: int) -> Batch:
-        if self._chunk_cache is not None and self._chunk_cache[0] == index:
-            return self._chunk_cache[1]
-        arrays = self.store.read_chunk(self.split, index)
-        if self.columns is not None:
-            arrays = {key: arrays[key] for key in self.columns if key in arrays}
-        self._chunk_cache = (index, arrays)
-        return arrays
-
     def _read_window(self, window: list[Segment]) -> Batch:
-        parts = [{k: v[s.start : s.stop] for k, v in self._read_chunk(s.chunk).items()} for s in window]
-        if len(parts) == 1:
-            return parts[0]
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        """The rows of a window's segments in stream order, copied once out of the store."""
+        return self.store.read_rows(self.split, [(s.chunk, s.start, s.stop) for s in window], self.columns)
 
     def _window_order(self, epoch: int, window_index: int, rows: int) -> np.ndarray | None:
         if not self.shuffle:

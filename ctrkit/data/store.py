@@ -38,7 +38,10 @@ Reading checks everything that could let a damaged store feed a model garbage:
   finite dense values), so flipped bytes are refused even if someone recomputed the checksum.
   The checksum is verified on every read; the contract once per process and chunk content (a
   later read whose checksum is the one already checked has the same bytes). ``Store(path,
-  check_reads=False)`` skips both; only ``benchmarks/bench_loader.py`` uses it, to show the cost;
+  check_reads=False)`` skips both; only ``benchmarks/bench_loader.py`` uses it, to show the cost.
+  Rows leave LMDB's memory map in one copy (:meth:`Store.read_rows`: straight into the
+  concatenated window a reader asked for), made inside the read transaction in which the
+  checksum was verified over the same bytes;
 * a :class:`Store` pins the build it opened: when a loader worker (a new process) or a reopen
   finds a different build at the path, it raises instead of reading the new store.
 
@@ -69,7 +72,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import lmdb
 import numpy as np
@@ -519,21 +522,34 @@ class Store:
         self._env = None
 
     # -- raw values --------------------------------------------------------------------------
-    def _get(self, env: lmdb.Environment, key: bytes) -> memoryview | None:
-        """A read-only copy of one value, or ``None`` where the key is absent.
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction whose values are views of LMDB's memory map (``buffers=True``).
 
-        The value is copied inside the read transaction into a numpy buffer rather than taken as
-        lmdb's ``bytes`` copy: for multi-megabyte chunks numpy's allocation (large blocks on huge
-        pages where the kernel allows) makes reading about a quarter faster, which pays for the
-        checks of every read.
+        Such a view is valid only inside the transaction: everything that leaves it is a copy.
         """
+        env = self._environment()
         try:
-            with env.begin(buffers=True) as txn:
-                view = txn.get(key)
-                copy = None if view is None else np.frombuffer(view, dtype=np.uint8).copy()
+            txn = env.begin(buffers=True)
+        except lmdb.Error as exc:
+            raise StoreError(f"store {self.path}: cannot start reading: {_lmdb_message(exc)}; the file is damaged") from None
+        with txn:
+            yield txn
+
+    def _view(self, txn: lmdb.Transaction, key: bytes) -> memoryview | None:
+        """The value of ``key`` in the memory map (valid inside ``txn`` only), or ``None``."""
+        try:
+            return txn.get(key)
         except lmdb.Error as exc:
             raise StoreError(f"store {self.path}: cannot read key {key.decode()}: {_lmdb_message(exc)}; the file is damaged") from None
-        return None if copy is None else memoryview(copy).toreadonly()
+
+    def _get(self, env: lmdb.Environment, key: bytes) -> bytes | None:
+        """A copy of one value (metadata, arrays), or ``None`` where the key is absent."""
+        try:
+            with env.begin() as txn:
+                return txn.get(key)
+        except lmdb.Error as exc:
+            raise StoreError(f"store {self.path}: cannot read key {key.decode()}: {_lmdb_message(exc)}; the file is damaged") from None
 
     def _decode(self, key: bytes, value: memoryview, what: str, *, check_sum: bool) -> tuple[dict[str, np.ndarray], int | None]:
         """Arrays of one value and its checksum (``None`` in a format-1 store); ``what`` names it."""
@@ -558,18 +574,51 @@ class Store:
             raise StoreError(f"store {self.path} has no split {name!r} (it has {sorted(self.splits)})") from None
 
     def read_chunk(self, split: str, index: int) -> dict[str, np.ndarray]:
-        """Arrays of one chunk (read-only numpy views of one buffer copied out of LMDB).
+        """Arrays of one chunk (copies out of LMDB).
 
         The chunk's checksum, row count and batch contract are checked (unless the store was
         opened with ``check_reads=False``); a damaged chunk raises :class:`StoreError`.
         """
-        return self._load_chunk(split, index, checked=self.check_reads, reuse_checks=True)
+        return self._read(split, [(index, 0, None)], None, checked=self.check_reads)
 
-    def _load_chunk(self, split: str, index: int, *, checked: bool, reuse_checks: bool) -> dict[str, np.ndarray]:
+    def read_rows(
+        self, split: str, segments: Sequence[tuple[int, int, int]], columns: Collection[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Rows ``[start, stop)`` of chunk ``index`` for each ``(index, start, stop)``, concatenated.
+
+        The rows are copied once, straight out of LMDB's memory map into the result, inside the
+        read transaction in which each chunk's checksum is verified over the same bytes (and its
+        contract checked, on its first read in this process). This is how :class:`BatchReader`
+        reads a shuffling window: a separate copy per chunk followed by a concatenation would
+        move every byte twice.
+
+        Args:
+            split: the split the chunks belong to.
+            segments: ``(chunk index, first row, row after the last)`` triples, in result order.
+            columns: keys to return (default: all the chunks hold).
+        """
+        return self._read(split, list(segments), columns, checked=self.check_reads)
+
+    def _read(self, split: str, segments: list[tuple[int, int, int | None]], columns: Collection[str] | None,
+              *, checked: bool) -> dict[str, np.ndarray]:
         info = self.split(split)
-        key = chunk_key(split, index)
-        what = f"store {self.path}: chunk {index} of split {split!r} (key {key.decode()})"
-        value = self._get(self._environment(), key)
+        with self._reading() as txn:
+            pieces = []
+            for index, start, stop in segments:
+                arrays, what = self._chunk_views(txn, info, index, checked=checked, reuse_checks=True)
+                rows = _rows_of(arrays, what)
+                stop = rows if stop is None else stop
+                if not 0 <= start <= stop <= rows:
+                    raise StoreError(f"{what}: rows [{start}, {stop}) asked for, but it holds {rows}")
+                pieces.append((arrays, start, stop, what))
+            return _gather(pieces, columns)
+
+    def _chunk_views(self, txn: lmdb.Transaction, info: SplitInfo, index: int, *, checked: bool,
+                     reuse_checks: bool) -> tuple[dict[str, np.ndarray], str]:
+        """Arrays of one chunk as views of the memory map (valid inside ``txn`` only), checked; and its name."""
+        key = chunk_key(info.name, index)
+        what = f"store {self.path}: chunk {index} of split {info.name!r} (key {key.decode()})"
+        value = self._view(txn, key)
         if value is None:
             raise StoreError(f"{what} is missing")
         arrays, stored = self._decode(key, value, what, check_sum=checked)
@@ -582,8 +631,8 @@ class Store:
             if ("label" in arrays) != info.labeled:
                 state = "has" if "label" in arrays else "has no"
                 raise StoreError(f"{what} is damaged: it {state} labels, but __meta__ says the split is {'un' * (not info.labeled)}labeled")
-            self._check_contract(arrays, split, index, stored, what, reuse_checks)
-        return arrays
+            self._check_contract(arrays, info.name, index, stored, what, reuse_checks)
+        return arrays, what
 
     def _check_contract(self, arrays, split: str, index: int, stored: int | None, what: str, reuse: bool) -> None:
         seen = (self.build_id, split, index, stored) if stored is not None and self.build_id else None
@@ -656,13 +705,13 @@ class Store:
             for index in range(info.num_chunks):
                 unlisted.discard(chunk_key(info.name, index))
                 try:
-                    chunk = self._load_chunk(info.name, index, checked=True, reuse_checks=False)
+                    with self._reading() as txn:
+                        chunk, _ = self._chunk_views(txn, info, index, checked=True, reuse_checks=False)
+                        if positives is not None and "label" in chunk:
+                            positives += int(np.count_nonzero(chunk["label"] > 0.5))
                 except StoreError as exc:
                     problems.add(str(exc))
                     positives = None
-                else:
-                    if positives is not None and "label" in chunk:
-                        positives += int(np.count_nonzero(chunk["label"] > 0.5))
                 tick()
             if info.labeled and positives is not None and positives != info.positives:
                 problems.add(f"store {self.path}: split {info.name!r} has {positives:,} positive rows, __meta__ says {info.positives:,}")
@@ -770,6 +819,34 @@ def _check_split(name: str, info: Any, chunk_rows: int, where: str) -> None:
 
 def _natural(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _rows_of(arrays: dict[str, np.ndarray], what: str) -> int:
+    """Rows of a decoded chunk (0 for one without arrays); differing lengths are damage."""
+    lengths = {len(a) if a.ndim else -1 for a in arrays.values()}
+    if len(lengths) > 1 or -1 in lengths:
+        raise StoreError(f"{what} is damaged: its arrays hold {sorted(lengths)} rows")
+    return next(iter(lengths), 0)
+
+
+def _gather(pieces: list[tuple[dict[str, np.ndarray], int, int, str]], columns: Collection[str] | None) -> dict[str, np.ndarray]:
+    """Rows ``[start, stop)`` of each piece's arrays, concatenated per column into new arrays."""
+    if not pieces:
+        return {}
+    first, _, _, _ = pieces[0]
+    names = list(first) if columns is None else [name for name in columns if name in first]
+    total = sum(stop - start for _, start, stop, _ in pieces)
+    out = {name: np.empty((total, *first[name].shape[1:]), np.result_type(*(arrays.get(name, first[name]) for arrays, *_ in pieces)))
+           for name in names}
+    position = 0
+    for arrays, start, stop, what in pieces:
+        if arrays.keys() != first.keys() or any(arrays[n].shape[1:] != first[n].shape[1:] for n in names):
+            layout = {n: a.shape[1:] for n, a in arrays.items()}
+            raise StoreError(f"{what} is damaged: its columns {layout} differ from those of the chunk read with it")
+        for name in names:
+            out[name][position : position + stop - start] = arrays[name][start:stop]
+        position += stop - start
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
