@@ -2,12 +2,15 @@
 
 Exit status: 0 when the store opens (and, with ``--verify``, has no problem); 1 when
 ``--verify`` finds problems (each printed on its own line); 2 when the store cannot be opened at
-all (missing, incomplete, unreadable metadata: one line, like every ctrkit error).
+all (missing, incomplete, unreadable metadata: one line, like every ctrkit error). A store built
+before checksums existed (format version 1) is verified as far as it can be (ids, labels, counts)
+with a warning on stderr that says to rebuild it; the missing checksums alone do not make it fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 EXIT_PROBLEMS = 1
 
@@ -19,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Print a store's metadata readably. With --verify, read every chunk and check its "
             "checksum, the row counts and the value ranges against the metadata. Exit status: 0 "
-            "healthy, 1 problems found (one line each), 2 the store cannot be opened."
+            "healthy, 1 problems found (one line each), 2 the store cannot be opened. A store "
+            "built before checksums (format 1) passes with a warning to rebuild it."
         ),
     )
     parser.add_argument("store", help="store directory")
@@ -111,8 +115,6 @@ def _field_table(schema) -> list[str]:
 
 def verify_store(store, progress: bool | None = None) -> list[str]:
     """``store.verify()`` with a bar on stderr (``progress=None``: only when it is a terminal)."""
-    import sys
-
     from tqdm import tqdm
 
     disable = None if progress is None else not progress
@@ -137,8 +139,11 @@ def run(args: argparse.Namespace) -> int:
     problems = verify_store(store)
     chunks = sum(info.num_chunks for info in store.splits.values())
     rows = sum(info.rows for info in store.splits.values())
+    if store.checksum_warning:  # an old store is not a damaged one: warn, and let the exit status judge the rest
+        print(f"ctrkit inspect: warning: {store.checksum_warning}", file=sys.stderr)
     if not problems:
-        print(f"verified: {chunks:,} chunks, {rows:,} rows, no problems")
+        unchecked = " (ids, labels and counts only: no checksums)" if store.checksum_warning else ""
+        print(f"verified: {chunks:,} chunks, {rows:,} rows, no problems{unchecked}")
         return 0
     for problem in problems:
         print(problem)

@@ -25,8 +25,9 @@ Format version 2 (this writer) protects every value:
   separators=(",", ":"))``);
 * ``__meta__`` holds ``build_id``, a random uuid4 hex drawn when the build started.
 
-Format version 1 stores (no trailers, no meta checksum, no build id) are still read;
-:attr:`Store.checksummed` is false for them and :meth:`Store.verify` says so.
+Format version 1 stores (no trailers, no meta checksum, no build id) are still read and
+verified (contract and consistency); :attr:`Store.checksummed` is false for them and
+:attr:`Store.checksum_warning` says what that leaves unchecked.
 
 Reading checks everything that could let a damaged store feed a model garbage:
 
@@ -440,6 +441,14 @@ class Store:
         """Whether the values carry checksums (format version 2 and later)."""
         return self.format_version >= FIRST_CHECKSUMMED_VERSION
 
+    @property
+    def checksum_warning(self) -> str | None:
+        """For a store without checksums, one line saying what cannot be checked and how to fix it."""
+        if self.checksummed:
+            return None
+        return (f"store {self.path} has no checksums (format version {self.format_version}): flipped bytes that keep "
+                "ids and labels in range cannot be detected; rebuild it with `ctrkit preprocess` to add them")
+
     # -- opening -----------------------------------------------------------------------------
     def _read_meta(self) -> dict[str, Any]:
         path = self.path
@@ -676,18 +685,13 @@ class Store:
         chunk (checksum, header, rows and labels against ``__meta__``, the batch contract),
         every split's positives, every array's checksum, and each vocabulary's length
         (``vocab_size - 1``). Keys that ``__meta__`` does not account for are reported too. A
-        format-1 store yields a line saying it has no checksums, so that only its contract and
-        consistency could be checked.
+        format-1 store has no checksums to verify, which is not a problem of the store: only its
+        contract and consistency are checked (:attr:`checksum_warning` says so).
 
         Args:
             on_progress: called as ``on_progress(done, total)`` after each chunk or array.
         """
         problems = _Problems(self.path)
-        if not self.checksummed:
-            problems.add(
-                f"store {self.path} has no checksums (format version {self.format_version}): flipped bytes that "
-                "keep ids and labels in range cannot be detected; rebuild it with `ctrkit preprocess`"
-            )
         keys = self._all_keys(problems)
         arrays = sorted(k for k in keys if k.startswith(b"array/"))
         unlisted = {k for k in keys if k.startswith(b"chunk/")}

@@ -284,16 +284,36 @@ def _write_format_1_store(path: Path, label_of_row_0: float = 0.0) -> None:
     env.close()
 
 
-def test_format_1_stores_are_read_and_their_missing_checksums_are_reported(tmp_path):
+def test_format_1_stores_are_read_and_verified_with_a_warning_about_their_missing_checksums(tmp_path):
     _write_format_1_store(tmp_path / "v1.lmdb")
     store = Store(tmp_path / "v1.lmdb")
     assert not store.checksummed and store.build_id is None
     np.testing.assert_array_equal(store.read_split("train")["sparse"], rows(20)["sparse"])
-    problems = store.verify()
-    assert len(problems) == 1 and "has no checksums (format version 1)" in problems[0]
+    assert store.verify() == []  # an old store is not a damaged one
+    assert store.checksum_warning == (
+        f"store {store.path} has no checksums (format version 1): flipped bytes that keep ids and labels in range "
+        "cannot be detected; rebuild it with `ctrkit preprocess` to add them"
+    )
+    assert build(tmp_path / "v2.lmdb").checksum_warning is None
     _write_format_1_store(tmp_path / "bad.lmdb", label_of_row_0=7.0)
     with pytest.raises(StoreError, match="chunk 0 of split 'train'.*label of row 0 is 7.0"):
         Store(tmp_path / "bad.lmdb").read_chunk("train", 0)
+    assert any("label of row 0 is 7.0" in p for p in Store(tmp_path / "bad.lmdb").verify())
+
+
+def test_inspect_verify_passes_a_format_1_store_with_a_warning_and_fails_a_damaged_one(tmp_path, capsys):
+    from ctrkit.cli import main
+
+    _write_format_1_store(tmp_path / "v1.lmdb")
+    assert main(["inspect", "--verify", str(tmp_path / "v1.lmdb")]) == 0
+    out, err = capsys.readouterr()
+    assert out == "verified: 1 chunks, 20 rows, no problems (ids, labels and counts only: no checksums)\n"
+    assert err.startswith("ctrkit inspect: warning: store ") and "rebuild it with `ctrkit preprocess`" in err
+    assert len(err.strip().splitlines()) == 1
+    _write_format_1_store(tmp_path / "bad.lmdb", label_of_row_0=7.0)
+    assert main(["inspect", "--verify", str(tmp_path / "bad.lmdb")]) == 1
+    out, err = capsys.readouterr()
+    assert "label of row 0 is 7.0" in out and "1 problem found" in out and "warning" in err
 
 
 # ---------------------------------------------------------------------------------------------
