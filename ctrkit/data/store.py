@@ -442,6 +442,13 @@ class Store:
         return self.format_version >= FIRST_CHECKSUMMED_VERSION
 
     @property
+    def identity(self) -> str:
+        """The build this object opened and pinned: its build id, or for a format-1 store (which has
+        none) its creation time and a hash of its metadata. Processes that must read the same
+        build (DDP ranks started independently) can compare it."""
+        return self._identity or "?"
+
+    @property
     def checksum_warning(self) -> str | None:
         """For a store without checksums, one line saying what cannot be checked and how to fix it."""
         if self.checksummed:

@@ -334,6 +334,15 @@ def test_store_replaced_under_a_loader_worker_is_an_error(tmp_path):
     np.testing.assert_array_equal(store.read_split("train")["sparse"], rows(40)["sparse"])
 
 
+def test_store_identity_is_the_build_id_or_the_metadata_of_an_old_store(tmp_path):
+    store = build(tmp_path / "s.lmdb")
+    assert store.identity == store.build_id and len(store.build_id) == 32
+    assert build(tmp_path / "t.lmdb").identity != store.identity
+    _write_format_1_store(tmp_path / "v1.lmdb")
+    old = Store(tmp_path / "v1.lmdb")
+    assert old.build_id is None and old.identity.startswith("at ? (meta ") and old.identity == Store(old.path).identity
+
+
 def test_store_reopened_after_replacement_is_an_error(tmp_path):
     path = tmp_path / "s.lmdb"
     store = build(path)
