@@ -408,6 +408,7 @@ class Store:
         store = Store("criteo.lmdb")
         store.splits["train"].rows
         chunk = store.read_chunk("train", 0)   # {"label": (n,), "sparse": (n, 39)}
+        rows = store.read_rows("train", [(3, 100, 200), (0, 0, 50)])   # 150 rows, in this order
         problems = store.verify()              # [] when every byte checks out
     """
 
