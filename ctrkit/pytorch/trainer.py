@@ -479,8 +479,11 @@ def _device_for(config: TrainConfig, local_rank: int) -> torch.device:
     return torch.device("cuda", config.gpu_ids[local_rank])
 
 
-def _spawn_entry(rank: int, model: nn.Module, config: TrainConfig, store_path: str, port: int) -> None:
+def _spawn_entry(rank: int, model: nn.Module, config: TrainConfig, store: Store, port: int) -> None:
     """Body of one process started by :meth:`Trainer.fit` through ``torch.multiprocessing.spawn``.
+
+    ``store`` is the launcher's :class:`Store`, pinned to the build it opened: a store replaced at
+    the same path in between is refused when this rank reopens it (a path would read the new one).
 
     The rendezvous store is served by the launching process (``port``), not by rank 0, so no rank
     depends on another one still being alive while it shuts its process group down.
@@ -496,7 +499,7 @@ def _spawn_entry(rank: int, model: nn.Module, config: TrainConfig, store_path: s
     model = copy.deepcopy(model)
     trainer = Trainer(model, config)
     trainer._directory_ready = True  # the launching process created, tidied and locked it
-    trainer._run(Store(store_path), (rank, world, rank))
+    trainer._run(store, (rank, world, rank))
     _close_group(device)
 
 
@@ -739,7 +742,7 @@ class Trainer:
         try:
             mp.spawn(
                 _spawn_entry,
-                args=(self.model, self.config, str(store.path), rendezvous.port),
+                args=(self.model, self.config, store, rendezvous.port),
                 nprocs=self.config.world_size,
                 join=True,
             )

@@ -20,9 +20,6 @@ from ctrkit.registry import build_torch_model  # noqa: E402
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "spawned ranks reopen the store by its path (ctrkit/pytorch/trainer.py _spawn passes str(store.path)); "
-    "the change that makes them refuse the replacement is described in the issue-7 loose-ends report"))
 def test_spawned_ranks_refuse_a_store_replaced_after_the_launcher_opened_it(tmp_path):
     path = tmp_path / "store.lmdb"
     store = build_store(path, train=512, valid=256, test=256, chunk_rows=256)
