@@ -21,12 +21,19 @@ from ctrkit.tensorflow.layers.embedding import (
     set_embedding_l2,
 )
 from ctrkit.tensorflow.layers.interaction import (
+    BILINEAR_TYPES,
+    ONN_PRODUCTS,
     AttentionalPooling,
+    BilinearInteraction,
     CompressedInteractionNetwork,
     CrossNet,
+    CrossNetMix,
+    CrossNetV2,
     FactorizationMachine,
     FieldAwareFactorizationMachine,
     MultiHeadSelfAttention,
+    OperationAwareInteraction,
+    SqueezeExcitation,
 )
 from ctrkit.tensorflow.layers.mlp import (
     MLP,
@@ -39,11 +46,16 @@ from ctrkit.tensorflow.layers.mlp import (
 
 __all__ = [
     "ACTIVATIONS",
+    "BILINEAR_TYPES",
+    "ONN_PRODUCTS",
     "AttentionalPooling",
     "BatchNorm1d",
     "Bias",
+    "BilinearInteraction",
     "CompressedInteractionNetwork",
     "CrossNet",
+    "CrossNetMix",
+    "CrossNetV2",
     "EmbeddingTable",
     "FactorizationMachine",
     "FieldAwareFactorizationMachine",
@@ -51,6 +63,8 @@ __all__ = [
     "Linear",
     "MLP",
     "MultiHeadSelfAttention",
+    "OperationAwareInteraction",
+    "SqueezeExcitation",
     "dense",
     "embedding_tables",
     "make_activation",

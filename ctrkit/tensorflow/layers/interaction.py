@@ -1,4 +1,5 @@
-"""Feature-interaction blocks (TensorFlow): FM, FFM, cross network, CIN, self-attention, attentional pooling.
+"""Feature-interaction blocks (TensorFlow): FM, FFM, cross networks (v1, v2, mixture of low-rank experts), CIN,
+self-attention, attentional pooling, SENET, bilinear interaction, operation-aware products.
 
 Mirror of :mod:`ctrkit.pytorch.layers.interaction`, class for class, same constructor arguments.
 Each block computes the plain formula of its torch ``reference_forward`` (the specification).
@@ -18,9 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from ctrkit.errors import ConfigError
-from ctrkit.hparam_checks import check_activation, check_bool, check_int, check_prob, check_units
+from ctrkit.hparam_checks import check_activation, check_bool, check_choice, check_int, check_prob, check_units
 from ctrkit.parity import TorchParameters, compose_torch_parameters
-from ctrkit.tensorflow.layers._dtypes import widened
+from ctrkit.tensorflow.layers._dtypes import promoted, widened
 from ctrkit.tensorflow.layers.embedding import Bias
 from ctrkit.tensorflow.layers.mlp import dense, dense_torch_parameters, make_activation, xavier_normal
 
@@ -432,3 +433,340 @@ class AttentionalPooling(keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "num_fields": self.num_fields, "embed_dim": self.embed_dim,
                 "attention_factor": self.attention_factor, "dropout": self.dropout_rate}
+
+
+#: which fields share a bilinear matrix: one for all pairs, one per left field, one per pair
+BILINEAR_TYPES = ("field_all", "field_each", "field_interaction")
+#: how ONN combines the two operation-aware embeddings of a pair
+ONN_PRODUCTS = ("inner", "hadamard")
+
+
+def bilinear_groups(num_fields: int, bilinear_type: str) -> int:
+    """Number of ``D x D`` matrices of a bilinear interaction over ``num_fields`` fields."""
+    return {"field_all": 1, "field_each": num_fields - 1, "field_interaction": num_fields * (num_fields - 1) // 2}[
+        bilinear_type
+    ]
+
+
+def _block_normal(fan_in: int, fan_out: int) -> keras.initializers.Initializer:
+    """Xavier normal of one ``fan_out x fan_in`` block of a stacked weight (torch's ``_xavier_normal_blocks``)."""
+    return keras.initializers.RandomNormal(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def _block_dense(units: int, input_dim: int, fan_in: int, fan_out: int, use_bias: bool, dtype, name: str):
+    """A built Dense whose kernel holds stacked blocks, each Xavier-normal as its own matrix; zero bias."""
+    layer = keras.layers.Dense(units, use_bias=use_bias, kernel_initializer=_block_normal(fan_in, fan_out),
+                               bias_initializer="zeros", dtype=dtype, name=name)
+    layer.build((None, input_dim))
+    return layer
+
+
+def _plus_product(xl, x0, y):
+    """``xl + x0 * y`` in torch's promoted dtype (``addcmul`` of float32 ``xl, x0`` and a bf16 GEMM output is float32)."""
+    dtype = promoted(xl.dtype, y.dtype)
+    return tf.cast(xl, dtype) + tf.cast(x0, dtype) * tf.cast(y, dtype)
+
+
+@keras.saving.register_keras_serializable(package="ctrkit")
+class CrossNetV2(keras.layers.Layer):
+    """Full-rank cross network of DCN-V2.
+
+    Wang et al., "DCN V2", WWW 2021, https://arxiv.org/abs/2008.13535 (eq. 1)::
+
+        x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l,     W_l in R^{d x d}, b_l in R^d
+
+    ``layers[l]`` is the Dense(d) holding ``W_l, b_l`` (torch ``nn.Linear``: layout ``transpose``),
+    Xavier-normal with zero bias. One GEMM per layer; under ``mixed_bfloat16`` the GEMM runs in
+    bf16 and the residual sum in float32, as torch autocast does.
+
+    Args:
+        input_dim: ``d``.
+        num_layers: number of cross layers (>= 1).
+
+    Shapes: ``[B, d]`` -> ``[B, d]``.
+
+    Example::
+
+        cross = CrossNetV2(32, num_layers=3)
+        cross(tf.random.normal((4, 32))).shape  # TensorShape([4, 32])
+    """
+
+    def __init__(self, input_dim: int, num_layers: int = 3, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.input_dim = check_int("input_dim", input_dim)
+        self.num_layers = check_int("cross_layers", num_layers)
+        self.autocast = False  # x_0 and the residual stay float32; the Dense layers autocast their input
+        self.layers = [dense(self.input_dim, self.input_dim, dtype=self.dtype_policy, name=f"layers_{i}")
+                       for i in range(self.num_layers)]
+        self.built = True
+
+    def call(self, x):
+        xl = x  # (B, d)
+        for layer in self.layers:
+            xl = _plus_product(xl, x, layer(xl))  # (B, d)
+        return xl
+
+    def torch_parameters(self) -> TorchParameters:
+        return compose_torch_parameters({f"layers.{i}": dense_torch_parameters(l) for i, l in enumerate(self.layers)})
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "input_dim": self.input_dim, "num_layers": self.num_layers}
+
+
+@keras.saving.register_keras_serializable(package="ctrkit")
+class CrossNetMix(keras.layers.Layer):
+    """Cross network of DCN-Mix: a softmax-gated mixture of low-rank cross experts per layer.
+
+    Wang et al., "DCN V2", WWW 2021, https://arxiv.org/abs/2008.13535 (eq. 3, 4)::
+
+        E_i(x_l) = x_0 ⊙ (U_i g(C_i g(V_i^T x_l)) + b_l)          (expert i, rank r)
+        x_{l+1}  = sum_i G_i(x_l) E_i(x_l) + x_l,   G(x_l) = softmax_i(w_i^T x_l)
+
+    Computed as the torch block does (the gates sum to one, so the shared ``b_l`` comes out of
+    the sum): ``gates[l]`` Dense(K) without bias, ``down[l]`` Dense(K*r) without bias (the
+    ``V_i^T`` stacked), ``mid[l]`` a kernel ``[r, K*r]`` holding the ``C_i`` (torch keeps them in a
+    grouped ``Conv1d`` weight ``[K*r, r, 1]``: layout ``conv1d``), ``up[l]`` Dense(d) with bias
+    (``[U_1 ... U_K]``, ``b_l``). Each expert's matrices are Xavier-normal as their own matrices;
+    the gate softmax runs in float32 under ``mixed_bfloat16``.
+
+    Args:
+        input_dim: ``d``.
+        num_layers: number of cross layers (>= 1).
+        low_rank: ``r``.
+        num_experts: ``K``.
+        activation: ``g`` (``tanh`` default; ``identity`` gives the linear mixture).
+
+    Shapes: ``[B, d]`` -> ``[B, d]``.
+
+    Example::
+
+        cross = CrossNetMix(32, num_layers=2, low_rank=8, num_experts=4)
+        cross(tf.random.normal((4, 32))).shape  # TensorShape([4, 32])
+    """
+
+    def __init__(self, input_dim: int, num_layers: int = 3, low_rank: int = 32, num_experts: int = 4,
+                 activation: str = "tanh", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.input_dim = d = check_int("input_dim", input_dim)
+        self.num_layers = check_int("cross_layers", num_layers)
+        self.low_rank = r = check_int("low_rank", low_rank)
+        self.num_experts = k = check_int("num_experts", num_experts)
+        self.activation = check_activation("activation", activation)
+        self._act = make_activation(self.activation)
+        self.autocast = False
+        policy, layers = self.dtype_policy, range(self.num_layers)
+        self.gates = [_block_dense(k, d, d, 1, False, policy, f"gates_{i}") for i in layers]
+        self.down = [_block_dense(k * r, d, d, r, False, policy, f"down_{i}") for i in layers]
+        self.up = [_block_dense(d, k * r, r, d, True, policy, f"up_{i}") for i in layers]
+        self.build()
+
+    def build(self, input_shape=None) -> None:
+        if self.built:
+            return
+        r, k = self.low_rank, self.num_experts
+        self.mid = [self.add_weight(shape=(r, k * r), initializer=_block_normal(r, r), name=f"mid_{i}")
+                    for i in range(self.num_layers)]
+        self.built = True
+
+    def call(self, x):
+        k, r = self.num_experts, self.low_rank
+        xl = x  # (B, d)
+        for gate, down, mid, up in zip(self.gates, self.down, self.mid, self.up):
+            logits = gate(xl)  # (B, K)
+            weights = tf.nn.softmax(tf.cast(logits, widened(logits.dtype)), axis=1)  # (B, K)
+            h = tf.reshape(self._act(down(xl)), (-1, k, r))  # (B, K, r): g(V_i^T x_l)
+            c = tf.reshape(tf.cast(mid, h.dtype), (r, k, r))  # (r_in, K, r_out)
+            h = self._act(tf.einsum("bki,iko->bko", h, c))  # (B, K, r): g(C_i h_i)
+            mixed = tf.reshape(h * tf.cast(weights[:, :, None], h.dtype), (-1, k * r))  # (B, K*r)
+            xl = _plus_product(xl, x, up(mixed))  # (B, d)
+        return xl
+
+    def torch_parameters(self) -> TorchParameters:
+        children = {}
+        for i in range(self.num_layers):
+            children[f"gates.{i}"] = dense_torch_parameters(self.gates[i])
+            children[f"down.{i}"] = dense_torch_parameters(self.down[i])
+            children[f"mid.{i}"] = {"weight": (self.mid[i], "conv1d")}
+            children[f"up.{i}"] = dense_torch_parameters(self.up[i])
+        return compose_torch_parameters(children)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "input_dim": self.input_dim, "num_layers": self.num_layers,
+                "low_rank": self.low_rank, "num_experts": self.num_experts, "activation": self.activation}
+
+
+@keras.saving.register_keras_serializable(package="ctrkit")
+class SqueezeExcitation(keras.layers.Layer):
+    """SENET layer of FiBiNET: field importance from squeeze and excitation, then reweighting.
+
+    Huang, Zhang and Zhang, "FiBiNET", RecSys 2019, https://arxiv.org/abs/1905.09433 (eq. 2-5)::
+
+        z_i = (1/D) sum_t e_{i,t}                          (squeeze: mean pooling)
+        a   = ReLU(W_2 ReLU(W_1 z)),   W_1 in R^{R x F}, W_2 in R^{F x R}, R = max(1, F // r)
+        v_i = a_i e_i                                      (re-weight)
+
+    ``reduce`` (``W_1``) and ``expand`` (``W_2``) are bias-free Xavier-normal Dense layers (torch
+    ``nn.Linear``). The squeeze and the reweighting stay in the input dtype (float32 embeddings
+    under ``mixed_bfloat16``), the two small GEMMs autocast, as in torch.
+
+    Args:
+        num_fields: ``F``.
+        reduction_ratio: ``r`` (>= 1).
+
+    Shapes: ``[B, F, D]`` -> ``[B, F, D]``.
+
+    Example::
+
+        senet = SqueezeExcitation(10, reduction_ratio=3)
+        senet(tf.random.normal((4, 10, 8))).shape  # TensorShape([4, 10, 8])
+    """
+
+    def __init__(self, num_fields: int, reduction_ratio: int = 3, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_fields = check_int("num_fields", num_fields)
+        self.reduction_ratio = check_int("reduction_ratio", reduction_ratio)
+        self.reduced = max(1, self.num_fields // self.reduction_ratio)
+        self.autocast = False
+        policy = self.dtype_policy
+        self.reduce = dense(self.reduced, self.num_fields, use_bias=False, dtype=policy, name="reduce")
+        self.expand = dense(self.num_fields, self.reduced, use_bias=False, dtype=policy, name="expand")
+        self.built = True
+
+    def call(self, x):
+        z = tf.reduce_mean(x, axis=2)  # (B, F)
+        a = tf.nn.relu(self.expand(tf.nn.relu(self.reduce(z))))  # (B, F)
+        dtype = promoted(x.dtype, a.dtype)
+        return tf.cast(x, dtype) * tf.cast(a, dtype)[:, :, None]  # (B, F, D)
+
+    def torch_parameters(self) -> TorchParameters:
+        return compose_torch_parameters({"reduce": dense_torch_parameters(self.reduce),
+                                         "expand": dense_torch_parameters(self.expand)})
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_fields": self.num_fields, "reduction_ratio": self.reduction_ratio}
+
+
+@keras.saving.register_keras_serializable(package="ctrkit")
+class BilinearInteraction(keras.layers.Layer):
+    """Bilinear-interaction layer of FiBiNET.
+
+    Huang et al., RecSys 2019, https://arxiv.org/abs/1905.09433 (eq. 6-8), for every pair ``i < j``::
+
+        p_ij = (W_g v_i) ⊙ v_j,     g = 0 (field_all) | i (field_each) | (i, j) (field_interaction)
+
+    ``field_each`` has ``F - 1`` matrices (the last field is never the left one). The G matrices
+    are one kernel ``matrices`` ``[D, G*D]`` (column block ``g`` is ``W_g^T``; torch keeps them
+    in a grouped ``Conv1d`` weight ``[G*D, D, 1]``: layout ``conv1d``), each Xavier-normal as a
+    ``D x D`` matrix, contracted with one batched product. Under ``mixed_bfloat16`` the product
+    with ``W`` runs in bf16 and the Hadamard product with the float32 ``v_j`` in float32, as in torch.
+
+    Args:
+        num_fields: ``F`` (>= 2).
+        embed_dim: ``D``.
+        bilinear_type: ``field_all``, ``field_each`` or ``field_interaction``.
+
+    Shapes: ``[B, F, D]`` -> ``[B, P, D]`` with ``P = F (F - 1) / 2``, pairs in row-major order.
+
+    Example::
+
+        bilinear = BilinearInteraction(5, 8, "field_each")
+        bilinear(tf.random.normal((4, 5, 8))).shape  # TensorShape([4, 10, 8])
+    """
+
+    def __init__(self, num_fields: int, embed_dim: int, bilinear_type: str = "field_interaction", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_fields = check_int("num_fields", num_fields, minimum=2)
+        self.embed_dim = check_int("embed_size", embed_dim)
+        self.bilinear_type = check_choice("bilinear_type", bilinear_type, BILINEAR_TYPES)
+        self.groups = bilinear_groups(self.num_fields, self.bilinear_type)
+        self.rows, self.cols = _pair_indices(self.num_fields)
+        self.autocast = False
+        self.build()
+
+    def build(self, input_shape=None) -> None:
+        if self.built:
+            return
+        d = self.embed_dim
+        self.matrices = self.add_weight(shape=(d, self.groups * d), initializer=_block_normal(d, d), name="matrices")
+        self.built = True
+
+    def call(self, x):
+        d, compute = self.embed_dim, self.compute_dtype
+        w = tf.reshape(tf.cast(self.matrices, compute), (d, self.groups, d))  # (D_in, G, D_out)
+        xc = tf.cast(x, compute)
+        if self.bilinear_type == "field_all":
+            left = tf.gather(tf.einsum("bfi,io->bfo", xc, w[:, 0]), self.rows, axis=1)  # (B, P, D)
+        elif self.bilinear_type == "field_each":
+            left = tf.gather(tf.einsum("bgi,igo->bgo", xc[:, :-1], w), self.rows, axis=1)  # (B, P, D)
+        else:
+            left = tf.einsum("bpi,ipo->bpo", tf.gather(xc, self.rows, axis=1), w)  # (B, P, D)
+        dtype = promoted(left.dtype, x.dtype)
+        return tf.cast(left, dtype) * tf.cast(tf.gather(x, self.cols, axis=1), dtype)  # (B, P, D)
+
+    def torch_parameters(self) -> TorchParameters:
+        return {"matrices.weight": (self.matrices, "conv1d")}
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_fields": self.num_fields, "embed_dim": self.embed_dim,
+                "bilinear_type": self.bilinear_type}
+
+
+@keras.saving.register_keras_serializable(package="ctrkit")
+class OperationAwareInteraction(keras.layers.Layer):
+    """Copy and product operations of ONN over operation-aware embeddings.
+
+    Yang, Xu, Shen and Zhao, "Operation-aware Neural Networks for User Response Prediction",
+    Neural Networks 2020, https://arxiv.org/abs/1904.12579 (section 3)::
+
+        f_copy = [e_{1,1}; ...; e_{F,F}]                         (copy operation)
+        f_ij   = <e_{i,j}, e_{j,i}>   (inner)   or   e_{i,j} ⊙ e_{j,i}   (hadamard, NFFM),   i < j
+        output = [f_copy; f_12; f_13; ...; f_{F-1,F}]
+
+    The input is each field's ``F*D``-wide row of the operation-aware table (block ``j`` of field
+    ``i`` is ``e_{i,j}``; the diagonal block is the copy embedding); the output is one gather of
+    ``F + 2P`` blocks. No weights. Computed in the input dtype (float32 embeddings).
+
+    Args:
+        num_fields: ``F``.
+        embed_dim: ``D``.
+        product: ``inner`` (the ONN paper) or ``hadamard`` (NFFM).
+
+    Shapes: ``[B, F, F*D]`` -> ``[B, F*D + P]`` (inner) or ``[B, F*D + P*D]`` (hadamard).
+
+    Example::
+
+        onn = OperationAwareInteraction(5, 2)
+        onn(tf.random.normal((4, 5, 10))).shape  # TensorShape([4, 20])
+    """
+
+    def __init__(self, num_fields: int, embed_dim: int, product: str = "inner", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_fields = f = check_int("num_fields", num_fields)
+        self.embed_dim = check_int("embed_size", embed_dim)
+        self.product = check_choice("product", product, ONN_PRODUCTS)
+        rows, cols = _pair_indices(f)
+        self.num_pairs = len(rows)
+        self.blocks = [i * (f + 1) for i in range(f)] + [i * f + j for i, j in zip(rows, cols)] + [
+            j * f + i for i, j in zip(rows, cols)]  # (F + 2P,) of the [F*F] blocks
+        pair_width = 1 if self.product == "inner" else self.embed_dim
+        self.output_dim = f * self.embed_dim + self.num_pairs * pair_width
+        self.autocast = False
+        self.built = True
+
+    def call(self, x):
+        f, p, d = self.num_fields, self.num_pairs, self.embed_dim
+        e = tf.gather(tf.reshape(x, (-1, f * f, d)), self.blocks, axis=1)  # (B, F + 2P, D)
+        copy, left, right = e[:, :f], e[:, f:f + p], e[:, f + p:]
+        products = left * right  # (B, P, D)
+        if self.product == "inner":
+            products = tf.reduce_sum(products, axis=2)  # (B, P)
+        else:
+            products = tf.reshape(products, (-1, p * d))  # (B, P*D)
+        return tf.concat([tf.reshape(copy, (-1, f * d)), products], axis=1)  # (B, output_dim)
+
+    def torch_parameters(self) -> TorchParameters:
+        return {}
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_fields": self.num_fields, "embed_dim": self.embed_dim,
+                "product": self.product}
