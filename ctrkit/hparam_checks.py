@@ -87,3 +87,21 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     if key not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return key
+
+
+def behaviour_fields(schema, model: str) -> tuple:
+    """The sequence fields a target-attention model (DIN, DIEN) attends over, all of one ``max_len``.
+
+    Items at the same position of these fields are one behaviour (e.g. a category and a brand);
+    its embedding is the concatenation of theirs. Raises a one-line :class:`ConfigError` when the
+    schema has no sequence field (a Criteo store) or when their lengths differ.
+    """
+    fields = tuple(schema.sequence)
+    if not fields:
+        raise ConfigError(f"{model} needs a store with at least one sequence field (a behaviour history, "
+                          "e.g. a Taobao store); this schema has none")
+    lengths = {f.name: f.max_len for f in fields}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError(f"{model} attends over aligned behaviour sequences of one length; the sequence "
+                          f"fields have max_len {lengths}")
+    return fields
