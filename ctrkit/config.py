@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ctrkit.errors import ConfigError
+from ctrkit.training.policy import MONITORS
 
 OPTIMIZERS = ("Adam", "AdamW", "Adagrad", "SGD")
 LOSSES = ("BCE",)
@@ -95,6 +96,7 @@ class TrainConfig:
     patience: int = 2
     lr_patience: int = 0
     lr_factor: float = 0.1
+    monitor: str = "auc"
     # run control
     seed: int = 2018
     num_workers: int = 0
@@ -201,6 +203,7 @@ class TrainConfig:
         self.lr_factor = _float("lr_factor", self.lr_factor, positive=True)
         if self.lr_factor >= 1.0:
             raise ConfigError(f"--lr_factor must be in (0, 1), got {_show(self.lr_factor)}")
+        self.monitor = _choice("monitor", self.monitor, tuple(MONITORS))
 
     def _validate_run(self) -> None:
         self.seed = _int("seed", self.seed, minimum=0)
@@ -507,9 +510,11 @@ _HELP: dict[str, str] = {
             "torch_default (PyTorch's Kaiming uniform, as in torch-rechub)",
     "weight_decay": "L2 on weights (not on biases, norms or embeddings); decoupled for AdamW",
     "embedding_l2": "L2 on the embedding rows each batch looks up",
-    "patience": "stop after this many epochs without a better validation AUC",
+    "patience": "stop after this many epochs without a better validation score (--monitor)",
     "lr_patience": "epochs without improvement before the learning rate is multiplied by --lr_factor",
     "lr_factor": "learning-rate multiplier on a validation plateau",
+    "monitor": "the validation metric that early stopping, the best checkpoint and the LR plateau watch: "
+               "auc, gauc (AUC per user, weighted by impressions; needs a user column) or logloss",
     "seed": "random seed (initialisation, shuffling, dropout)",
     "num_workers": "DataLoader worker processes per training process",
     "precision": "fp32 or bf16 (autocast of the forward pass)",
@@ -524,7 +529,7 @@ _HELP: dict[str, str] = {
 }
 
 _BOOLEAN_FLAGS = ("batch_norm", "resume", "overwrite")
-_CHOICES = {"framework": FRAMEWORKS, "optimizer": OPTIMIZERS, "loss": LOSSES, "precision": PRECISIONS, "init": INITS}
+_CHOICES = {"monitor": tuple(MONITORS), "framework": FRAMEWORKS, "optimizer": OPTIMIZERS, "loss": LOSSES, "precision": PRECISIONS, "init": INITS}
 _METAVARS = {
     **{name: "{" + ",".join(choices) + "}" for name, choices in _CHOICES.items()},
     "data": "STORE", "model_save_dir": "DIR", "gpu_ids": "IDS",

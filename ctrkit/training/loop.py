@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ctrkit.data.batches import BatchReader
-from ctrkit.errors import CtrkitError, InputError
+from ctrkit.errors import ConfigError, CtrkitError, InputError
 from ctrkit.fileio import write_json_atomic
 from ctrkit.metrics import evaluation_metrics
 from ctrkit.training import reporting
 from ctrkit.training.backend import Backend, RunMeta
 from ctrkit.training.errors import TrainingDivergedError, TrainingInterrupted
-from ctrkit.training.policy import EpochPolicy, PlateauSchedule, high_loss_warning
+from ctrkit.training.policy import MONITORS, EpochPolicy, PlateauSchedule, high_loss_warning
 from ctrkit.training.progress import Progress
 from ctrkit.training.rundir import checkpoint_name, check_resumable, open_run_directory
 from ctrkit.training.signals import StopSignals
@@ -228,6 +228,7 @@ class TrainingLoop:
         """Validate, update best/plateau/early-stopping state, log, checkpoint."""
         cfg, progress = self.config, self.progress
         valid = self.evaluate(store, "valid")
+        self._check_monitored(valid)
         lr = self.schedule.lr
         epoch = progress.epoch + 1
         warning = high_loss_warning(epoch, train_loss, store.splits["train"].ctr, lr)
@@ -260,6 +261,13 @@ class TrainingLoop:
         summary = self.summary(stopped, rows_per_s, test)
         self._write_metrics(summary)
         return summary
+
+    def _check_monitored(self, valid: dict[str, Any]) -> None:
+        """ConfigError when the validation metrics lack the monitored one (gAUC without user ids)."""
+        monitor = self.policy.monitor
+        if monitor not in valid:
+            raise ConfigError(f"--monitor {monitor}: the validation split reports {', '.join(m for m in MONITORS if m in valid)} but not "
+                              f"{monitor}; gAUC needs a store with a user (group) column, or use --monitor auc")
 
     def evaluate(self, store: Any, split: str) -> dict[str, Any]:
         """Metrics of a split, predicted in shards by all ranks and gathered (the same on every rank)."""

@@ -97,6 +97,29 @@ def test_monitoring_gauc_picks_the_best_epoch_by_gauc(store, tmp_path):
     assert loop.progress.best_score == best["valid_gauc"]
 
 
+def test_the_monitor_flag_chooses_the_best_epoch_logloss_by_its_minimum(store, tmp_path):
+    # a learning rate that overshoots: epoch 2 has the best AUC and a worse logloss, so the monitors disagree
+    cfg = config(store, tmp_path / "run", epochs=6, monitor="logloss", lr=5)
+    loop, _, metrics = train(store, cfg)
+    best = min(metrics["history"], key=lambda h: h["valid_logloss"])
+    assert loop.policy.monitor == "logloss"
+    assert metrics["best_epoch"] == best["epoch"] and loop.progress.best_score == best["valid_logloss"]
+    assert best["epoch"] != max(metrics["history"], key=lambda h: h["valid_auc"])["epoch"]  # the monitor decided
+
+
+def test_monitoring_gauc_without_user_ids_is_a_config_error_naming_the_fix(store, tmp_path):
+    cfg = config(store, tmp_path / "run", epochs=1, monitor="gauc")
+    with pytest.raises(ConfigError, match=r"^--monitor gauc: the validation split reports auc, logloss but not gauc; "
+                                          r"gAUC needs a store with a user \(group\) column, or use --monitor auc$"):
+        train(store, cfg)
+
+
+def test_the_monitor_flag_is_validated():
+    with pytest.raises(ConfigError, match="--monitor must be one of auc, gauc, logloss, got 'f1'"):
+        TrainConfig(model="lr", monitor="f1").validate()
+    assert TrainConfig(model="lr", monitor="GAUC").validate().monitor == "gauc"
+
+
 def test_aux_loss_is_added_to_the_objective_not_to_the_reported_loss(store, tmp_path):
     _, plain, plain_metrics = train(store, config(store, tmp_path / "a", epochs=1))
     loop, aux, aux_metrics = train(store, config(store, tmp_path / "b", epochs=1), aux_weight=50.0)
