@@ -105,3 +105,10 @@ def behaviour_fields(schema, model: str) -> tuple:
         raise ConfigError(f"{model} attends over aligned behaviour sequences of one length; the sequence "
                           f"fields have max_len {lengths}")
     return fields
+
+
+def check_weight(name: str, value: object) -> float:
+    """Return ``value`` as a float >= 0 (a loss or regulariser weight)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0.0:
+        raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
