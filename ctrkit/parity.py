@@ -26,7 +26,10 @@ Layouts (torch array <-> TensorFlow array):
 * ``same``      -- identical arrays (embedding tables, biases, BatchNorm statistics, CrossNet).
 * ``transpose`` -- ``nn.Linear.weight`` ``[out, in]`` <-> Dense-style kernel ``[in, out]``.
 * ``conv1d``    -- kernel-size-1 ``nn.Conv1d.weight`` ``[out, in, 1]`` <-> kernel ``[in, out]``
-  (the CIN filters).
+  (the CIN filters). A *grouped* Conv1d (``groups=G``) has the weight ``[G*out, in/G, 1]``: the
+  same layout gives the kernel ``[in/G, G*out]`` whose column block ``g`` is block ``g``'s
+  matrix transposed (CrossNetMix's ``C_i``, BilinearInteraction's ``W_g``; the TF blocks
+  contract it as ``[in/G, G, out]``). Its first axis is the fan-in either way.
 
 Example::
 
