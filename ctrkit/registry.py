@@ -10,6 +10,7 @@ order) and compute the same function; :mod:`ctrkit.parity` maps the weights betw
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -51,6 +52,8 @@ class ModelInfo:
     tf_class: str | None = None
     defaults: dict = field(default_factory=dict)
     embedding_width: Callable[[int, Mapping[str, Any]], int] | None = None
+    #: the model attends over behaviour sequences: a schema without a sequence field is refused
+    needs_sequence: bool = False
 
 
 def _width(default_embed_size: int, per_field: bool = False, linear: bool = False) -> Callable[[int, Mapping], int]:
@@ -69,6 +72,11 @@ def _model(
     """The entry of a model implemented in both frameworks, as ``module:Class`` in each package."""
     return ModelInfo(name, title, paper, year, "ctrkit.pytorch.models." + path, "ctrkit.tensorflow.models." + path,
                      defaults, width)
+
+
+def _sequence_model(info: ModelInfo) -> ModelInfo:
+    """``info`` marked as needing a sequence field (DIN, DIEN)."""
+    return dataclasses.replace(info, needs_sequence=True)
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -93,6 +101,10 @@ MODELS: dict[str, ModelInfo] = {
         _model("fibinet", "FiBiNET", "Huang et al., FiBiNET, RecSys 2019", 2019, "fibinet:FiBiNET",
                _width(10, linear=True)),
         _model("dcnv2", "DCN-V2", "Wang et al., DCN V2, WWW 2021", 2021, "dcnv2:DCNV2", _width(16)),
+        _sequence_model(_model("din", "DIN", "Zhou et al., Deep Interest Network, KDD 2018", 2018, "din:DIN",
+                               _width(16))),
+        _sequence_model(_model("dien", "DIEN", "Zhou et al., Deep Interest Evolution Network, AAAI 2019", 2019,
+                               "dien:DIEN", _width(16))),
     )
 }
 
