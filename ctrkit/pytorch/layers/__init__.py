@@ -28,8 +28,15 @@ from ctrkit.pytorch.layers.interaction import (
     SqueezeExcitation,
 )
 from ctrkit.pytorch.layers.mlp import MLP, init_linear, make_activation
+from ctrkit.pytorch.layers.sequence import AUGRU, GRU, AuxiliaryLoss, Dice, InterestAttention, TargetAttention
 
 __all__ = [
+    "AUGRU",
+    "AuxiliaryLoss",
+    "Dice",
+    "GRU",
+    "InterestAttention",
+    "TargetAttention",
     "ACTIVATIONS",
     "BILINEAR_TYPES",
     "ONN_PRODUCTS",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,20 @@ class Bias(nn.Module):
         return f"shape={tuple(self.bias.shape)}"
 
 
+class UnpooledEmbeddings(NamedTuple):
+    """What :meth:`FieldEmbedding.unpooled` returns.
+
+    Attributes:
+        fields: the sparse then dense fields ``[B, K, D]`` (``K = n_sparse + n_dense``).
+        sequences: per sequence field (schema order), its items ``[B, L, D]``; zero rows at padding.
+        masks: per sequence field, bool ``[B, L]``: True where the id is an item (not padding 0).
+    """
+
+    fields: torch.Tensor
+    sequences: list[torch.Tensor]
+    masks: list[torch.Tensor]
+
+
 class FieldEmbedding(nn.Module):
     """One ``dim``-wide vector per input field, from ONE :class:`EmbeddingTable`.
 
@@ -146,10 +161,18 @@ class FieldEmbedding(nn.Module):
     ``batch["seq:<name>"]`` int ``[B, L]`` -> ``[B, F, dim]`` with
     ``F = n_sparse + n_dense + n_sequence``.
 
+    Target attention (DIN, DIEN) reads the sequences unpooled instead: :meth:`unpooled` gives the
+    sparse and dense fields and each sequence field's ``[B, L, D]`` items with their mask, from the
+    same single gather; :meth:`candidates` picks, for each sequence field, the candidate item's
+    row out of the sparse fields (the field the sequence ``shares``). :meth:`forward` is unchanged
+    by them (no extra work for the models that pool).
+
     Example::
 
         emb = FieldEmbedding(schema, 16)
         emb(batch).shape  # torch.Size([B, emb.num_fields, 16])
+        fields, sequences, masks = emb.unpooled(batch)  # [B, K, 16], [[B, L, 16]], [[B, L]]
+        emb.candidates(fields).shape  # torch.Size([B, n_sequence, 16])
     """
 
     def __init__(self, schema: Schema, dim: int, init_std: float = EMBEDDING_INIT_STD) -> None:
@@ -173,6 +196,8 @@ class FieldEmbedding(nn.Module):
         self.sequence_keys: list[str] = [f"seq:{f.name}" for f in schema.sequence]
         seq_offsets = [int(offsets[schema.sparse_index(f.shares)]) for f in schema.sequence]
         self.register_buffer("sequence_offsets", torch.tensor(seq_offsets, dtype=torch.long), persistent=False)
+        #: the sparse column each sequence field shares (its candidate item)
+        self.candidate_fields: list[int] = [schema.sparse_index(f.shares) for f in schema.sequence]
 
     @property
     def num_fields(self) -> int:
@@ -180,48 +205,91 @@ class FieldEmbedding(nn.Module):
         return self.n_sparse + self.n_dense + self.n_sequence
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        fixed, batch_size, k = self._fixed_ids(batch)  # (B, K)
+        if not self.n_sequence:
+            return self._scale_dense(self.table(fixed), batch)  # (B, K, D)
+        seq, column_field, rows, cols = self._sequence_items(batch)
+        looked_up, items = self._lookup(fixed, seq, column_field, rows, cols)  # (B*K, D), (N, D)
+        segment = rows * self.n_sequence + column_field[cols]  # (N,)
+        sums = items.new_zeros(batch_size * self.n_sequence, self.dim).index_add_(0, segment, items)
+        counts = torch.bincount(segment, minlength=batch_size * self.n_sequence).clamp_(min=1)
+        pooled = (sums / counts.unsqueeze(1).to(sums.dtype)).view(batch_size, self.n_sequence, self.dim)
+        if not k:
+            return pooled  # (B, n_seq, D)
+        out = self._scale_dense(looked_up.view(batch_size, k, self.dim), batch)  # (B, K, D)
+        return torch.cat([out, pooled], dim=1)  # (B, F, D)
+
+    def unpooled(self, batch: Mapping[str, torch.Tensor]) -> UnpooledEmbeddings:
+        """The sparse and dense fields, and every sequence field item by item, in ONE gather.
+
+        What target attention needs (DIN, DIEN): ``fields`` are the first ``K = n_sparse + n_dense``
+        fields of :meth:`forward` (same values), ``sequences[s]`` the rows of sequence field ``s``
+        position by position, zero at padding (padding is not looked up, as in :meth:`forward`),
+        and ``masks[s]`` its non-padding positions. The candidate item of a sequence field is the
+        sparse field it shares (:meth:`candidates`).
+
+        Shapes: ``fields`` ``[B, K, D]``; ``sequences[s]`` ``[B, L_s, D]``; ``masks[s]`` bool ``[B, L_s]``.
+        """
+        fixed, batch_size, k = self._fixed_ids(batch)
+        if not self.n_sequence:
+            return UnpooledEmbeddings(self._scale_dense(self.table(fixed), batch), [], [])
+        seq, column_field, rows, cols = self._sequence_items(batch)
+        looked_up, items = self._lookup(fixed, seq, column_field, rows, cols)  # (B*K, D), (N, D)
+        flat = items.new_zeros(batch_size * seq.shape[1], self.dim)  # (B * sum L, D)
+        flat = flat.index_copy(0, rows * seq.shape[1] + cols, items).view(batch_size, seq.shape[1], self.dim)
+        lengths = [batch[key].shape[1] for key in self.sequence_keys]
+        mask = seq > 0  # (B, sum L)
+        fields = self._scale_dense(looked_up.view(batch_size, k, self.dim), batch)  # (B, K, D)
+        return UnpooledEmbeddings(fields, list(flat.split(lengths, dim=1)), list(mask.split(lengths, dim=1)))
+
+    def candidates(self, fields: torch.Tensor) -> torch.Tensor:
+        """The candidate item of each sequence field: the row of the sparse field it shares.
+
+        ``fields`` is :attr:`UnpooledEmbeddings.fields` (or the output of :meth:`forward`): the
+        candidate's embedding is the one the sparse field already looked up, not a second read.
+
+        Shapes: ``[B, >= n_sparse, D]`` -> ``[B, n_sequence, D]``.
+        """
+        return fields[:, self.candidate_fields]  # (B, n_seq, D)
+
+    def _fixed_ids(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor | None, int, int]:
+        """Table rows of the sparse and dense fields ``[B, K]`` (None without any), ``B`` and ``K``."""
         parts: list[torch.Tensor] = []
         if self.n_sparse:
-            sparse = batch["sparse"]
-            parts.append(sparse.long() + self.offsets)  # (B, S)
+            parts.append(batch["sparse"].long() + self.offsets)  # (B, S)
         if self.n_dense:
-            dense = batch["dense"]
-            parts.append(self.dense_rows.expand(dense.shape[0], -1))  # (B, Nd)
-        if parts:
-            fixed = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, K)
-            batch_size, k = fixed.shape
-        else:
-            fixed = None
-            batch_size, k = batch[self.sequence_keys[0]].shape[0], 0
+            parts.append(self.dense_rows.expand(batch["dense"].shape[0], -1))  # (B, Nd)
+        if not parts:
+            return None, batch[self.sequence_keys[0]].shape[0], 0
+        fixed = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, K)
+        return fixed, fixed.shape[0], fixed.shape[1]
 
-        if not self.n_sequence:
-            out = self.table(fixed)  # (B, K, D)
-        else:
-            seqs = [batch[key].long() for key in self.sequence_keys]
-            seq = torch.cat(seqs, dim=1) if len(seqs) > 1 else seqs[0]  # (B, sum L)
-            lengths = torch.tensor([s.shape[1] for s in seqs], device=seq.device)  # (n_seq,)
-            column_field = torch.repeat_interleave(
-                torch.arange(self.n_sequence, device=seq.device), lengths, output_size=seq.shape[1]
-            )  # (sum L,)
-            mask = seq > 0  # (B, sum L)
-            rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
-            item_ids = seq[rows, cols] + self.sequence_offsets[column_field[cols]]  # (N,)
-            ids = item_ids if fixed is None else torch.cat([fixed.reshape(-1), item_ids])  # (B*K + N,)
-            looked_up = self.table(ids)  # (B*K + N, D)
-            items = looked_up[batch_size * k:]  # (N, D)
-            segment = rows * self.n_sequence + column_field[cols]  # (N,)
-            sums = items.new_zeros(batch_size * self.n_sequence, self.dim).index_add_(0, segment, items)
-            counts = torch.bincount(segment, minlength=batch_size * self.n_sequence).clamp_(min=1)
-            pooled = (sums / counts.unsqueeze(1).to(sums.dtype)).view(batch_size, self.n_sequence, self.dim)
-            out = looked_up[: batch_size * k].view(batch_size, k, self.dim)  # (B, K, D)
+    def _sequence_items(self, batch: Mapping[str, torch.Tensor]):
+        """All sequence fields side by side ``[B, sum L]``, each column's field, and the non-padding positions."""
+        seqs = [batch[key].long() for key in self.sequence_keys]
+        seq = torch.cat(seqs, dim=1) if len(seqs) > 1 else seqs[0]  # (B, sum L)
+        lengths = torch.tensor([s.shape[1] for s in seqs], device=seq.device)  # (n_seq,)
+        column_field = torch.repeat_interleave(
+            torch.arange(self.n_sequence, device=seq.device), lengths, output_size=seq.shape[1]
+        )  # (sum L,)
+        rows, cols = (seq > 0).nonzero(as_tuple=True)  # (N,), (N,)
+        return seq, column_field, rows, cols
 
-        if self.n_dense:
-            ones = torch.ones(batch_size, self.n_sparse, dtype=out.dtype, device=out.device)
-            scale = torch.cat([ones, batch["dense"].to(out.dtype)], dim=1)  # (B, K)
-            out = out * scale.unsqueeze(-1)  # (B, K, D)
-        if self.n_sequence:
-            out = torch.cat([out, pooled], dim=1) if k else pooled  # (B, F, D)
-        return out
+    def _lookup(self, fixed, seq, column_field, rows, cols) -> tuple[torch.Tensor, torch.Tensor]:
+        """One table read of the fixed ids and the non-padding sequence items: ``[B*K, D]``, ``[N, D]``."""
+        item_ids = seq[rows, cols] + self.sequence_offsets[column_field[cols]]  # (N,)
+        ids = item_ids if fixed is None else torch.cat([fixed.reshape(-1), item_ids])  # (B*K + N,)
+        looked_up = self.table(ids)  # (B*K + N, D)
+        n_fixed = 0 if fixed is None else fixed.numel()
+        return looked_up[:n_fixed], looked_up[n_fixed:]
+
+    def _scale_dense(self, out: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Dense fields' rows times their values (``[B, K, D]``); sparse fields unchanged."""
+        if not self.n_dense:
+            return out
+        ones = torch.ones(out.shape[0], self.n_sparse, dtype=out.dtype, device=out.device)
+        scale = torch.cat([ones, batch["dense"].to(out.dtype)], dim=1)  # (B, K)
+        return out * scale.unsqueeze(-1)  # (B, K, D)
 
     def extra_repr(self) -> str:
         return f"fields={self.num_fields}, dim={self.dim}"

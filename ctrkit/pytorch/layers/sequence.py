@@ -1,0 +1,427 @@
+"""Behaviour-sequence blocks of DIN and DIEN: Dice, target attention, masked GRU, AUGRU, auxiliary loss.
+
+Sequences arrive as ``[B, L, E]`` item embeddings with a bool mask ``[B, L]`` (False = padding,
+the store's id 0; most recent item last). Padding never changes an output: it is weighted zero in
+attention and in Dice's statistics, and a recurrent state is carried over a padded step unchanged.
+Each block has a loop-by-loop ``reference_forward`` (the paper's formula, position by position)
+that the tests compare with the vectorised ``forward``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctrkit.pytorch.layers._checks import check_int, check_units
+from ctrkit.pytorch.layers.embedding import Bias, FieldEmbedding
+from ctrkit.pytorch.layers.mlp import MLP, init_linear, make_activation
+
+#: Dice's epsilon in the standardisation (Zhou et al. 2018, eq. 5)
+DICE_EPSILON = 1e-8
+#: weight of the old running statistics of Dice (torch's BatchNorm momentum 0.1)
+DICE_MOMENTUM = 0.1
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """float32 for bf16/fp16 (statistics and recurrent states), float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _flat_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``mask`` as float ``[N, 1]`` over the flattened leading dims of ``x`` (all ones without a mask)."""
+    if mask is None:
+        return x.new_ones(x.shape[:-1].numel(), 1, dtype=_wide(x.dtype))
+    return mask.reshape(-1, 1).to(_wide(x.dtype))
+
+
+class Dice(nn.Module):
+    """Dice, the data-adaptive activation of DIN.
+
+    Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", KDD 2018,
+    https://arxiv.org/abs/1706.06978, eq. 5::
+
+        f(s) = p(s) * s + (1 - p(s)) * alpha * s,    p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + eps))
+
+    per channel. ``E`` and ``Var`` are the batch mean and (biased) variance over the non-padding
+    rows in training, and running averages at inference (updated like ``BatchNorm1d``: momentum
+    0.1, the unbiased variance). ``alpha`` is a :class:`Bias` (initialised to zero, no weight decay).
+
+    Args:
+        num_features: channels ``C``.
+
+    Shapes: ``x`` ``[..., C]`` and optional bool ``mask`` ``[...]`` (rows to use for the
+    statistics) -> ``[..., C]``.
+
+    Example::
+
+        dice = Dice(16)
+        dice(torch.randn(8, 5, 16), torch.ones(8, 5, dtype=torch.bool)).shape  # torch.Size([8, 5, 16])
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = check_int("num_features", num_features)
+        self.alpha = Bias(self.num_features)
+        self.register_buffer("running_mean", torch.zeros(self.num_features))
+        self.register_buffer("running_var", torch.ones(self.num_features))
+
+    def statistics(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance used to standardise ``x`` (float32 ``[C]`` each); updates the running ones in training."""
+        if not self.training:
+            return self.running_mean, self.running_var
+        flat = x.reshape(-1, self.num_features).to(_wide(x.dtype))  # (N, C)
+        weight = _flat_mask(x, mask)  # (N, 1)
+        count = weight.sum()
+        mean = (flat * weight).sum(0) / count.clamp(min=1.0)  # (C,)
+        var = ((flat - mean) ** 2 * weight).sum(0) / count.clamp(min=1.0)  # (C,)
+        with torch.no_grad():
+            unbiased = var * count / (count - 1.0).clamp(min=1.0)
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), DICE_MOMENTUM)
+            self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), DICE_MOMENTUM)
+        return mean, var
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mean, var = self.statistics(x, mask)
+        p = torch.sigmoid((x.to(_wide(x.dtype)) - mean) * torch.rsqrt(var + DICE_EPSILON)).to(x.dtype)  # (..., C)
+        alpha = self.alpha.bias.to(x.dtype)
+        return x * (alpha + p * (1.0 - alpha))  # (..., C)
+
+    def reference_forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 5 channel by channel, statistics from the rows the mask keeps (no running update)."""
+        flat = x.reshape(-1, self.num_features)
+        keep = flat[_flat_mask(x, mask)[:, 0] > 0] if self.training else None
+        out = torch.empty_like(flat)
+        for c in range(self.num_features):
+            if self.training:
+                mean, var = keep[:, c].mean(), keep[:, c].var(unbiased=False)
+            else:
+                mean, var = self.running_mean[c], self.running_var[c]
+            p = torch.sigmoid((flat[:, c] - mean) / torch.sqrt(var + DICE_EPSILON))
+            out[:, c] = p * flat[:, c] + (1 - p) * self.alpha.bias[c] * flat[:, c]
+        return out.reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}"
+
+
+def _activation(name: str, width: int) -> nn.Module:
+    """``Dice(width)`` for ``"dice"``, else the named activation of :func:`make_activation`."""
+    return Dice(width) if str(name).strip().lower() == "dice" else make_activation(name)
+
+
+class TargetAttention(nn.Module):
+    """DIN's local activation unit and attention-weighted sum pooling (no softmax).
+
+    Zhou et al., KDD 2018, https://arxiv.org/abs/1706.06978, eq. 3 and Fig. 2::
+
+        w_t   = MLP([e_t, e_a, e_t - e_a, e_t * e_a])        (hidden activation Dice, output Linear(1))
+        v_U   = sum_{t non-padding} w_t * e_t
+
+    where ``e_t`` are the behaviours and ``e_a`` the candidate ad. The weights are not normalised
+    (the paper keeps the intensity of the user's interest). The first Linear is applied without
+    building the ``[B, L, 4E]`` concatenation: ``W [k, q, k - q, k * q] = (W_1 + W_3) k +
+    (W_2 - W_3) q + W_4 (k * q)``, the ``q`` term once per row.
+
+    Args:
+        dim: ``E``, the width of a behaviour and of the candidate.
+        hidden_units: hidden sizes of the activation unit (at least one).
+        activation: ``"dice"`` (default) or a name of ``ACTIVATIONS``.
+
+    Shapes: ``query`` ``[B, E]``, ``keys`` ``[B, L, E]``, ``mask`` bool ``[B, L]`` -> ``[B, E]``;
+    :meth:`scores` -> ``[B, L]`` (zero at padding).
+
+    Example::
+
+        att = TargetAttention(8, (16, 8))
+        att(torch.randn(4, 8), torch.randn(4, 5, 8), torch.ones(4, 5, dtype=torch.bool)).shape  # (4, 8)
+    """
+
+    def __init__(self, dim: int, hidden_units: Sequence[int] = (80, 40), activation: str = "dice") -> None:
+        super().__init__()
+        self.dim = check_int("dim", dim)
+        units = check_units("attention_units", hidden_units, allow_empty=False)
+        widths = (4 * self.dim,) + units
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.activations = nn.ModuleList(_activation(activation, u) for u in units)
+        self.score = nn.Linear(units[-1], 1)
+        for layer in (*self.linears, self.score):
+            init_linear(layer)
+
+    def scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``w_t`` of every position, zero at padding: ``[B, L]``."""
+        e = self.dim
+        first = self.linears[0]
+        w = first.weight  # (U, 4E)
+        w_key = w[:, :e] + w[:, 2 * e:3 * e]  # (U, E)
+        w_query = w[:, e:2 * e] - w[:, 2 * e:3 * e]  # (U, E)
+        q = query.unsqueeze(1)  # (B, 1, E)
+        h = F.linear(keys, w_key) + F.linear(keys * q, w[:, 3 * e:]) + F.linear(q, w_query, first.bias)  # (B, L, U)
+        act = self.activations[0]
+        h = act(h, mask) if isinstance(act, Dice) else act(h)
+        for linear, act in zip(self.linears[1:], self.activations[1:]):
+            h = linear(h)
+            h = act(h, mask) if isinstance(act, Dice) else act(h)
+        return self.score(h).squeeze(-1) * mask.to(h.dtype)  # (B, L)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = self.scores(query, keys, mask)  # (B, L)
+        return torch.einsum("bl,ble->be", weights.to(keys.dtype), keys)  # (B, E)
+
+    def reference_forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The activation unit on the explicit concatenation, one behaviour at a time, then the sum."""
+        batch, length, _ = keys.shape
+        x = torch.cat([keys, query.unsqueeze(1).expand_as(keys),
+                       keys - query.unsqueeze(1), keys * query.unsqueeze(1)], dim=-1)  # (B, L, 4E)
+        for linear, act in zip(self.linears, self.activations):
+            x = linear(x)
+            x = act.reference_forward(x, mask) if isinstance(act, Dice) else act(x)
+        out = torch.zeros_like(query)
+        for b in range(batch):
+            for t in range(length):
+                if mask[b, t]:
+                    out[b] = out[b] + self.score(x[b, t]) * keys[b, t]
+        return out
+
+
+class GRU(nn.Module):
+    """A GRU over masked (ragged) sequences: padded steps are not computed, the state is carried over them.
+
+    Cho et al., "Learning Phrase Representations using RNN Encoder-Decoder for Statistical Machine
+    Translation", EMNLP 2014, https://arxiv.org/abs/1406.1078; the interest extractor of DIEN
+    (Zhou et al., AAAI 2019, https://arxiv.org/abs/1809.03672, eq. 1), with the paper's update-gate
+    convention::
+
+        r_t  = sigmoid(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+        u_t  = sigmoid(W_iu x_t + b_iu + W_hu h_{t-1} + b_hu)
+        n_t  = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
+        h_t  = h_{t-1} + g_t u_t * (n_t - h_{t-1})          = (1 - g_t u_t) h_{t-1} + g_t u_t n_t
+
+    with ``g_t = mask_t`` (1 on items, 0 on padding: ``h_t = h_{t-1}``), ``h_0 = 0``. The input
+    projections of all steps are one GEMM (``input_linear``: ``[W_ir; W_iu; W_in]``); each step
+    does one ``hidden_linear`` (``[W_hr; W_hu; W_hn]``) and the gates. The state is kept in float32
+    under bf16 autocast. :class:`AUGRU` is the same recurrence with ``g_t = a_t``.
+
+    Args:
+        input_dim: width of the items.
+        hidden_dim: ``H``.
+
+    Shapes: ``x`` ``[B, L, input_dim]``, ``mask`` bool ``[B, L]`` -> states ``[B, L, H]`` (at a
+    padded step, the carried state).
+
+    Example::
+
+        gru = GRU(8, 6)
+        gru(torch.randn(4, 5, 8), torch.ones(4, 5, dtype=torch.bool)).shape  # torch.Size([4, 5, 6])
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.input_dim = check_int("input_dim", input_dim)
+        self.hidden_dim = check_int("gru_units", hidden_dim)
+        self.input_linear = nn.Linear(self.input_dim, 3 * self.hidden_dim)
+        self.hidden_linear = nn.Linear(self.hidden_dim, 3 * self.hidden_dim)
+        init_linear(self.input_linear)
+        init_linear(self.hidden_linear)
+
+    def recur(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """States ``[B, L, H]`` of the recurrence with update-gate scale ``gate`` ``[B, L]`` (0 = skip the step)."""
+        projected = self.input_linear(x)  # (B, L, 3H)
+        state_dtype = _wide(self.hidden_linear.weight.dtype)
+        gate = gate.to(state_dtype).unsqueeze(-1)  # (B, L, 1)
+        h = x.new_zeros(x.shape[0], self.hidden_dim, dtype=state_dtype)  # (B, H)
+        states = []
+        for t in range(x.shape[1]):
+            xr, xu, xn = projected[:, t].chunk(3, dim=-1)  # (B, H) each
+            hr, hu, hn = self.hidden_linear(h).chunk(3, dim=-1)  # (B, H) each
+            r = torch.sigmoid(xr + hr)
+            u = torch.sigmoid(xu + hu) * gate[:, t]
+            n = torch.tanh(xn + r * hn)
+            h = h + u * (n - h)  # (B, H), float32 (float64 in a float64 model)
+            states.append(h)
+        return torch.stack(states, dim=1)  # (B, L, H)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.recur(x, mask)
+
+    def reference_step(self, x: torch.Tensor, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """One step of one sequence, gate by gate from the weight blocks: ``x`` ``[in]``, ``h`` ``[H]`` -> ``[H]``."""
+        hd = self.hidden_dim
+        wi, bi = self.input_linear.weight, self.input_linear.bias
+        wh, bh = self.hidden_linear.weight, self.hidden_linear.bias
+        block = [slice(0, hd), slice(hd, 2 * hd), slice(2 * hd, 3 * hd)]
+        r = torch.sigmoid(wi[block[0]] @ x + bi[block[0]] + wh[block[0]] @ h + bh[block[0]])
+        u = torch.sigmoid(wi[block[1]] @ x + bi[block[1]] + wh[block[1]] @ h + bh[block[1]])
+        n = torch.tanh(wi[block[2]] @ x + bi[block[2]] + r * (wh[block[2]] @ h + bh[block[2]]))
+        return (1 - g * u) * h + g * u * n
+
+    def reference_recur(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """The recurrence sequence by sequence, step by step; a zero gate copies the state."""
+        out = x.new_zeros(x.shape[0], x.shape[1], self.hidden_dim)
+        for b in range(x.shape[0]):
+            h = x.new_zeros(self.hidden_dim)
+            for t in range(x.shape[1]):
+                if gate[b, t] != 0:
+                    h = self.reference_step(x[b, t], h, gate[b, t].to(x.dtype))
+                out[b, t] = h
+        return out
+
+    def reference_forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.reference_recur(x, mask)
+
+
+class AUGRU(GRU):
+    """GRU with attentional update gate, DIEN's interest evolving layer.
+
+    Zhou et al., "Deep Interest Evolution Network for Click-Through Rate Prediction", AAAI 2019,
+    https://arxiv.org/abs/1809.03672, eq. 6-7: the update gate is scaled by the attention score of
+    the step, ``u'_t = a_t * u_t``, ``h'_t = (1 - u'_t) h'_{t-1} + u'_t n_t`` (the :class:`GRU`
+    recurrence with ``g_t = a_t * mask_t``). Padding (``a_t = 0``) carries the state over.
+
+    Shapes: ``x`` ``[B, L, input_dim]``, ``attention`` ``[B, L]``, ``mask`` bool ``[B, L]`` ->
+    states ``[B, L, H]``; the last one is the final interest.
+    """
+
+    def forward(self, x: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.recur(x, attention * mask.to(attention.dtype))
+
+    def reference_forward(self, x: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.reference_recur(x, attention * mask.to(attention.dtype))
+
+
+class InterestAttention(nn.Module):
+    """DIEN's attention of the candidate over the interest states (eq. 5), masked softmax::
+
+        a_t = exp(h_t W e_a) / sum_{j non-padding} exp(h_j W e_a)         (0 at padding)
+
+    ``W`` is ``projection`` (a bias-free ``Linear(E, H)`` applied to ``e_a``). A row without any
+    item gets all-zero scores.
+
+    Args:
+        query_dim: ``E``.
+        hidden_dim: ``H``.
+
+    Shapes: ``query`` ``[B, E]``, ``states`` ``[B, L, H]``, ``mask`` bool ``[B, L]`` -> ``[B, L]``.
+    """
+
+    def __init__(self, query_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.projection = nn.Linear(check_int("query_dim", query_dim), check_int("hidden_dim", hidden_dim), bias=False)
+        init_linear(self.projection)
+
+    def forward(self, query: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        dtype = _wide(states.dtype)
+        q = self.projection(query).to(dtype)  # (B, H)
+        logits = torch.einsum("blh,bh->bl", states.to(dtype), q)  # (B, L)
+        logits = logits.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # (B, L); an empty row gives NaN -> 0
+        return weights * mask.to(weights.dtype)
+
+    def reference_forward(self, query: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = self.projection.weight @ query.T  # (H, B)
+        out = torch.zeros(mask.shape, dtype=states.dtype)
+        for b in range(mask.shape[0]):
+            terms = {t: torch.exp(states[b, t] @ q[:, b]) for t in range(mask.shape[1]) if mask[b, t]}
+            total = sum(terms.values())
+            for t, term in terms.items():
+                out[b, t] = term / total
+        return out
+
+
+class AuxiliaryLoss(nn.Module):
+    """DIEN's auxiliary loss: each interest state predicts the next behaviour against a negative one.
+
+    Zhou et al., AAAI 2019, https://arxiv.org/abs/1809.03672, eq. 3, with the auxiliary network of
+    the authors' code (an MLP on ``[h_t, e]``, sigmoid hidden layers, one logit)::
+
+        L_aux = - (1/N) sum_{(b, t) in P} [ log sigmoid(f(h_t, e_{t+1})) + n_{b,t} log(1 - sigmoid(f(h_t, e^-_{t+1}))) ]
+
+    ``P`` are the pairs where position ``t + 1`` is an item and the state ``h_t`` has seen an item
+    (some position ``<= t`` is one), ``N = |P|``. **Negatives** (the sampling scheme): the
+    behaviour at the same position of the next row of the batch, ``e^-_{b, t+1} = e_{(b+1) mod B,
+    t+1}`` -- another user's behaviour in a shuffled batch, drawn without a random number, so both
+    frameworks compute the same loss; ``n_{b,t} = 1`` when that position is an item of row
+    ``b + 1`` (its positive term still counts otherwise).
+
+    Args:
+        state_dim: ``H``.
+        item_dim: ``E``.
+        hidden_units: hidden sizes of the auxiliary network.
+
+    Shapes: ``states`` ``[B, L, H]``, ``items`` ``[B, L, E]``, ``mask`` bool ``[B, L]`` -> scalar.
+    """
+
+    def __init__(self, state_dim: int, item_dim: int, hidden_units: Sequence[int] = (100, 50)) -> None:
+        super().__init__()
+        units = check_units("aux_hidden_units", hidden_units)
+        self.net = MLP(check_int("state_dim", state_dim) + check_int("item_dim", item_dim), units, "sigmoid",
+                       output_dim=1)
+
+    @staticmethod
+    def pairs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float ``[B, L-1]`` weights of the positive and the negative terms (see the class docstring)."""
+        seen = mask.to(torch.int32).cumsum(dim=1) > 0  # (B, L): an item at or before t
+        positive = mask[:, 1:] & seen[:, :-1]  # (B, L-1)
+        negative = positive & mask.roll(-1, dims=0)[:, 1:]
+        return positive.to(torch.float32), negative.to(torch.float32)
+
+    def forward(self, states: torch.Tensor, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        positive, negative = self.pairs(mask)  # (B, L-1)
+        h = states[:, :-1].to(items.dtype)  # (B, L-1, H)
+        pos = self.net(torch.cat([h, items[:, 1:]], dim=-1)).squeeze(-1)  # (B, L-1)
+        neg = self.net(torch.cat([h, items.roll(-1, dims=0)[:, 1:]], dim=-1)).squeeze(-1)
+        pos, neg = pos.to(_wide(pos.dtype)), neg.to(_wide(neg.dtype))
+        positive, negative = positive.to(pos.dtype), negative.to(pos.dtype)
+        total = (F.softplus(-pos) * positive).sum() + (F.softplus(neg) * negative).sum()
+        return total / positive.sum().clamp(min=1.0)
+
+    def reference_forward(self, states: torch.Tensor, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The sum over the pairs, one ``(row, step)`` at a time."""
+        batch, length = mask.shape
+        total, count = states.new_zeros(()), 0
+        for b in range(batch):
+            for t in range(length - 1):
+                if not (mask[b, t + 1] and mask[b, : t + 1].any()):
+                    continue
+                count += 1
+                total = total - torch.log(torch.sigmoid(self.net(torch.cat([states[b, t], items[b, t + 1]])[None])))[0, 0]
+                other = (b + 1) % batch
+                if mask[other, t + 1]:
+                    neg = self.net(torch.cat([states[b, t], items[other, t + 1]])[None])
+                    total = total - torch.log(1 - torch.sigmoid(neg))[0, 0]
+        return total / max(count, 1)
+
+
+def behaviours(embedding: FieldEmbedding, batch: Mapping[str, torch.Tensor]):
+    """The fields, the candidate ``e_a``, the behaviours ``e_t`` and their mask, from one gather.
+
+    A behaviour is the items at one position of every sequence field, concatenated (e.g. category
+    and brand), the candidate the rows of the sparse fields they share, in the same order; a
+    position is a behaviour when any of its items is not padding.
+
+    Returns ``fields [B, K, D]``, ``query [B, n_seq*D]``, ``keys [B, L, n_seq*D]``, ``mask`` bool ``[B, L]``.
+    """
+    fields, sequences, masks = embedding.unpooled(batch)
+    query = embedding.candidates(fields).flatten(1)  # (B, n_seq*D)
+    keys = torch.cat(sequences, dim=-1) if len(sequences) > 1 else sequences[0]  # (B, L, n_seq*D)
+    mask = torch.stack(masks).any(dim=0) if len(masks) > 1 else masks[0]  # (B, L)
+    return fields, query, keys, mask
+
+
+def distinct_rows_l2(embedding: FieldEmbedding, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``sum ||w_j||^2`` over the distinct embedding rows ``j`` this batch reads (each once).
+
+    DIN's mini-batch aware regulariser (Zhou et al. 2018, eq. 4-5) without the ``1/n_j``
+    frequency weights, which the store does not record: ``sum_j alpha_mj ||w_j||^2``. Reads
+    ``table.weight`` directly (a penalty, not an input: the trainer's per-lookup regulariser does
+    not see it twice).
+    """
+    fixed, _, _ = embedding._fixed_ids(batch)
+    parts = [] if fixed is None else [fixed.reshape(-1)]
+    for key, offset in zip(embedding.sequence_keys, embedding.sequence_offsets):
+        seq = batch[key].long()
+        parts.append((seq + offset)[seq > 0])
+    rows = torch.unique(torch.cat(parts))  # (U,)
+    return embedding.table.weight[rows].float().pow(2).sum()

@@ -1,0 +1,104 @@
+"""DIEN: Deep Interest Evolution Network."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from ctrkit.hparam_checks import behaviour_fields, check_int, check_units, check_weight
+from ctrkit.pytorch.layers import MLP, FieldEmbedding
+from ctrkit.pytorch.layers.sequence import AUGRU, GRU, AuxiliaryLoss, InterestAttention, behaviours
+from ctrkit.pytorch.models.base import CTRModel
+from ctrkit.schema import Schema
+from ctrkit.training.objective import AUX_LOSS, LOGITS
+
+
+class DIEN(CTRModel):
+    """DIEN: a GRU interest extractor with an auxiliary loss, then AUGRU interest evolution.
+
+    Zhou et al., "Deep Interest Evolution Network for Click-Through Rate Prediction", AAAI 2019,
+    https://arxiv.org/abs/1809.03672::
+
+        h_t  = GRU(e_t, h_{t-1})                              interest extractor (padding skipped)
+        L_aux = -mean log sigmoid(f(h_t, e_{t+1})) + log(1 - sigmoid(f(h_t, e^-_{t+1})))    (eq. 3)
+        a_t  = softmax_t(h_t W e_a)                           attention of the candidate (eq. 5)
+        h'_t = AUGRU(h_t, h'_{t-1}; a_t)                       interest evolution (eq. 6-7)
+        y    = MLP([e_1; ...; e_K; h'_L])
+
+    Behaviours ``e_t``, the candidate ``e_a`` and the fields ``e_1 .. e_K`` as in DIN
+    (:func:`~ctrkit.pytorch.layers.sequence.behaviours`); ``h'_L`` is the final evolved interest
+    (the state carried over trailing padding; zero without any behaviour). The negatives of the
+    auxiliary loss are the behaviours of the next row of the batch at the same step
+    (:class:`~ctrkit.pytorch.layers.sequence.AuxiliaryLoss`). In training mode with
+    ``aux_loss_weight > 0`` the model returns ``{"logits", "aux_loss": aux_loss_weight * L_aux}``
+    (the step contract of :mod:`ctrkit.training.objective`); otherwise the logits.
+
+    Args:
+        schema: the input schema (at least one sequence field).
+        embed_size: ``D``.
+        hidden_units: hidden sizes of the output MLP (the paper: 200, 80).
+        gru_units: ``H`` of both GRUs (0: the behaviour width ``n_seq * D``, as in the paper).
+        aux_hidden_units: hidden sizes of the auxiliary network (sigmoid; the authors': 100, 50).
+        aux_loss_weight: ``alpha``, the weight of ``L_aux`` (the paper: 1).
+        dropout, batch_norm, activation: of the output MLP.
+
+    Shapes: batch -> ``[B]`` logits.
+
+    Example::
+
+        model = DIEN(schema, embed_size=16)
+        out = model(batch)  # {"logits": [B], "aux_loss": []} in training, [B] in eval
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        embed_size: int = 16,
+        hidden_units: Sequence[int] = (200, 80),
+        gru_units: int = 0,
+        aux_hidden_units: Sequence[int] = (100, 50),
+        aux_loss_weight: float = 1.0,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__(schema)
+        sequences = behaviour_fields(schema, "DIEN")
+        hidden_units = check_units("hidden_units", hidden_units)
+        self.aux_loss_weight = check_weight("aux_loss_weight", aux_loss_weight)
+        self.embedding = FieldEmbedding(schema, embed_size)
+        behaviour_dim = len(sequences) * self.embedding.dim
+        hidden = check_int("gru_units", gru_units, minimum=0) or behaviour_dim
+        self.extractor = GRU(behaviour_dim, hidden)
+        self.auxiliary = AuxiliaryLoss(hidden, behaviour_dim, aux_hidden_units)
+        self.attention = InterestAttention(behaviour_dim, hidden)
+        self.evolution = AUGRU(hidden, hidden)
+        fixed = self.embedding.n_sparse + self.embedding.n_dense
+        self.dnn = MLP(fixed * self.embedding.dim + hidden, hidden_units, activation, dropout, batch_norm,
+                       output_dim=1)
+
+    def outputs(self, batch: Mapping[str, torch.Tensor], with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[B, 1]`` and the unweighted auxiliary loss (None unless ``with_aux``)."""
+        fields, query, keys, mask = behaviours(self.embedding, batch)
+        states = self.extractor(keys, mask)  # (B, L, H)
+        aux = self.auxiliary(states, keys, mask) if with_aux else None
+        attention = self.attention(query, states, mask)  # (B, L)
+        interest = self.evolution(states, attention, mask)[:, -1]  # (B, H)
+        logits = self.dnn(torch.cat([fields.flatten(1), interest.to(fields.dtype)], dim=1))  # (B, 1)
+        return logits, aux
+
+    def logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.outputs(batch, with_aux=False)[0]
+
+    def forward(self, batch: Mapping[str, torch.Tensor]):
+        if not (self.training and self.aux_loss_weight > 0):
+            return super().forward(batch)
+        logits, aux = self.outputs(batch, with_aux=True)
+        return {LOGITS: _flat(logits), AUX_LOSS: self.aux_loss_weight * aux}
+
+
+def _flat(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, 1]`` -> float32 ``[B]``, as :meth:`CTRModel.forward` returns them."""
+    logits = logits.reshape(-1)
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
