@@ -222,15 +222,21 @@ def torch_steps(model, optimizer, batch, steps: int) -> None:
         optimizer.step()
 
 
+def tf_optimizer_for(name: str, model, lr: float, **options):
+    """ctrkit's TF optimiser with torch's update rule, over the model's parameter groups."""
+    from ctrkit.tensorflow.optimizers import OPTIMIZERS, parameter_groups
+
+    return OPTIMIZERS[name](parameter_groups(model), lr, **options)
+
+
 def tf_steps(model, optimizer, batch, steps: int) -> None:
     inputs = tf_inputs(batch)
     for _ in range(steps):
         with tf.GradientTape() as tape:
             logits = model(inputs, training=True)
             loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=inputs["label"], logits=logits))
-        grads = tape.gradient(loss, model.trainable_variables)
-        grads = [tf.convert_to_tensor(g) for g in grads]
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        grads = tape.gradient(loss, optimizer.variables)
+        optimizer.apply_gradients(zip(grads, optimizer.variables))  # densifies embedding gradients
 
 
 def same_start(name: str, schema: Schema, overrides: dict, direction: str):
@@ -252,7 +258,7 @@ def test_one_sgd_step_gives_the_same_weights(case, name, overrides, direction, r
     torch_model, tf_model = same_start(name, schema, overrides, direction)
     before = torch_state(torch_model)
     torch_steps(torch_model, torch.optim.SGD(torch_model.parameters(), lr=0.1), batch, steps=1)
-    tf_steps(tf_model, keras.optimizers.SGD(learning_rate=0.1), batch, steps=1)
+    tf_steps(tf_model, tf_optimizer_for("SGD", tf_model, lr=0.1), batch, steps=1)
     after = torch_state(torch_model)
     # every parameter with a gradient moved, so the comparison below can fail (a bias before a
     # BatchNorm has none but round-off: the normalisation removes it)
@@ -263,16 +269,25 @@ def test_one_sgd_step_gives_the_same_weights(case, name, overrides, direction, r
     assert_states_close(tf_model, torch_model, 1e-5)
 
 
+#: Adam's eps per case (torch's 1e-8 unless named). Before a BatchNorm a bias has a zero gradient up
+#: to round-off (the normalisation removes it), and Adam's m / sqrt(v) turns that ~1e-9 noise into
+#: full +-lr steps: in 50 steps float32 *torch* itself leaves the float64 torch trajectory by 2.7e-3
+#: (TF float32 by 1.8e-3; measured on this case). eps = 1e-6 damps steps of gradients below ~1e-6,
+#: and the two frameworks then agree within 1.2e-4 (torch float32 vs float64: 7e-5).
+ADAM_EPS = {"dnn-batchnorm": 1e-6}
+
+
 @pytest.mark.parametrize("case, name, overrides", CASES, ids=IDS)
 def test_fifty_adam_steps_stay_within_1e_3(case, name, overrides, request):
     schema, batch = data("synthetic", request)
     torch_model, tf_model = same_start(name, schema, overrides, "torch->tf")
-    torch_optimizer = torch.optim.Adam(torch_model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
-    tf_optimizer = keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    eps = ADAM_EPS.get(case, 1e-8)
+    torch_optimizer = torch.optim.Adam(torch_model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=eps)
+    tf_optimizer = tf_optimizer_for("Adam", tf_model, lr=1e-3, eps=eps)  # torch's rule (Keras' Adam is not)
     start = torch_state(torch_model)
     torch_steps(torch_model, torch_optimizer, batch, steps=50)
     tf_steps(tf_model, tf_optimizer, batch, steps=50)
-    travelled = max(np.abs(v - start[k]).max() for k, v in torch_state(torch_model).items())
+    travelled = max(np.abs(p.detach().numpy() - start[k]).max() for k, p in torch_model.named_parameters())
     assert travelled > 1e-2  # 50 steps of 1e-3 move the weights well beyond the tolerance
     assert_states_close(tf_model, torch_model, 1e-3)
     batch_logits = torch_logits(torch_model, batch)
