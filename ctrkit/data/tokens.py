@@ -28,7 +28,6 @@ MISSING = np.iinfo(np.int64).min  # token of an empty field: no parsed value can
 PADDING = MISSING + 1  # sequence padding: never counted, so it always encodes to id 0
 TOKEN_KINDS = ("string", "hex", "int")
 
-_U64 = pl.UInt64
 _MIX_1 = 0xBF58476D1CE4E5B9
 _MIX_2 = 0x94D049BB133111EB
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -45,27 +44,40 @@ def int_token(value: pl.Expr, *, strict: bool) -> pl.Expr:
     return value.str.to_integer(base=10, strict=strict)
 
 
-def _mix(z: pl.Expr) -> pl.Expr:
-    """splitmix64's finaliser on UInt64 (multiplication wraps; ``x >> k`` is ``x // 2**k``)."""
-    z = z.xor(z // pl.lit(1 << 30, _U64)) * pl.lit(_MIX_1, _U64)
-    z = z.xor(z // pl.lit(1 << 27, _U64)) * pl.lit(_MIX_2, _U64)
-    return z.xor(z // pl.lit(1 << 31, _U64))
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 (multiplication wraps)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX_1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX_2)
+    return z ^ (z >> np.uint64(31))
+
+
+def string_tokens(values: pl.Series, max_bytes: int) -> pl.Series:
+    """The token of each string (see the module docstring); ``max_bytes`` bounds the fold.
+
+    Computed in numpy once per distinct value (a polars expression of the fold grows
+    exponentially with the number of pieces); null and "" give null.
+    """
+    distinct = values.drop_nulls().unique()
+    lengths = distinct.str.len_bytes().to_numpy().astype(np.int64)
+    width = 8 * max(1, math.ceil(max_bytes / 8))
+    fixed = np.array(distinct.cast(pl.Binary).to_list(), dtype=f"S{width}").reshape(-1)  # prefix, NUL-padded
+    words = np.frombuffer(fixed.tobytes(), dtype=">u8").reshape(len(distinct), width // 8).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        folded = _mix(lengths.astype(np.uint64) * np.uint64(_GOLDEN))
+        short = np.zeros(len(distinct), np.uint64)
+        for k in range(width // 8):
+            have = np.clip(lengths - 8 * k, 0, 8)  # bytes of piece k: its integer is right-aligned
+            piece = np.where(have > 0, words[:, k] >> (np.uint64(8) * (8 - have).astype(np.uint64)), np.uint64(0))
+            short = piece if k == 0 else short
+            folded = np.where(lengths > 8 * k, _mix(folded ^ piece), folded)
+    token = np.where(lengths <= 8, short, folded).view(np.int64)
+    new = pl.select(pl.when(pl.Series(lengths > 0)).then(pl.Series(token, dtype=pl.Int64))).to_series()  # "": missing
+    return values.replace_strict(distinct, new, default=None, return_dtype=pl.Int64)
 
 
 def string_token(value: pl.Expr, max_bytes: int) -> pl.Expr:
-    """The token of each string (see the module docstring); ``max_bytes`` bounds the fold."""
-    hexed = value.str.encode("hex")
-    n_bytes = value.str.len_bytes()
-
-    def piece(k: int) -> pl.Expr:  # bytes 8k .. 8k+7 as an integer; 0 past the end
-        return hexed.str.slice(16 * k, 16).replace("", "0").str.to_integer(base=16, dtype=_U64, strict=False).fill_null(0)
-
-    folded = _mix(n_bytes.cast(_U64) * pl.lit(_GOLDEN, _U64))
-    for k in range(max(1, math.ceil(max_bytes / 8))):
-        folded = pl.when(n_bytes > 8 * k).then(_mix(folded.xor(piece(k)))).otherwise(folded)
-    short = piece(0)
-    token = pl.when(n_bytes <= 8).then(short).otherwise(folded).reinterpret(signed=True)
-    return pl.when(n_bytes > 0).then(token)  # "" is missing, like an empty field
+    """:func:`string_tokens` as an expression."""
+    return value.map_batches(lambda s: string_tokens(s, max_bytes), return_dtype=pl.Int64)
 
 
 def categorical_token(value: pl.Expr, kind: str, *, strict: bool, max_bytes: int = 64) -> pl.Expr:
