@@ -428,3 +428,22 @@ def test_onn_embedding_is_fields_times_wider():
     num_fields = 5  # 3 sparse, 1 dense, 1 sequence
     assert model.embedding.dim == num_fields * 2
     assert model.interaction.output_dim == num_fields * 2 + 10  # copies + 10 inner products
+
+
+@pytest.mark.parametrize("case, name, hparams", MODELS, ids=MODEL_IDS)
+def test_model_under_mixed_bfloat16_gives_float32_logits_close_to_float32(case, name, hparams):
+    _, full = build_pair(name, hparams)
+    randomise_tf(full)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed, _ = build_tf_model(name, schema(), {**SMALL, **hparams})
+    finally:
+        keras.config.set_dtype_policy(previous)
+    parity.torch_state_to_tf(mixed, parity.tf_to_torch_state(full))
+    assert all(v.dtype in ("float32", "int64") for v in mixed.weights)
+    rows = tf_inputs(batch(seed=4))
+    expected = full(rows, training=False).numpy()
+    got = mixed(rows, training=False)
+    assert got.dtype == tf.float32
+    np.testing.assert_allclose(got.numpy(), expected, atol=0.05 * (np.abs(expected).max() + 1e-3), rtol=0.05)
