@@ -447,3 +447,25 @@ def test_model_under_mixed_bfloat16_gives_float32_logits_close_to_float32(case, 
     got = mixed(rows, training=False)
     assert got.dtype == tf.float32
     np.testing.assert_allclose(got.numpy(), expected, atol=0.05 * (np.abs(expected).max() + 1e-3), rtol=0.05)
+
+
+def test_torch_default_initialise_draws_torchs_bounds_for_the_grouped_blocks():
+    """``--init torch_default``: each weight (grouped Conv1d blocks included) U(+-1/sqrt(fan_in)) as torch draws it."""
+    from ctrkit.pytorch.trainer import initialise_weights
+
+    keras.utils.set_random_seed(0)
+    torch.manual_seed(0)
+    pairs = [(tl.CrossNetMix(64, 1, low_rank=16, num_experts=8), kl.CrossNetMix(64, 1, low_rank=16, num_experts=8)),
+             (tl.BilinearInteraction(12, 16), kl.BilinearInteraction(12, 16)),
+             (tl.CrossNetV2(32, 1), kl.CrossNetV2(32, 1)), (tl.SqueezeExcitation(40, 2), kl.SqueezeExcitation(40, 2))]
+    for module, layer in pairs:
+        initialise_weights(module, "torch_default")
+        kl.torch_default_initialise(layer)
+        expected, got = torch_state(module), parity.tf_to_torch_state(layer)
+        assert set(got) == set(expected)
+        for key, value in expected.items():
+            weight = expected[key[: -len("bias")] + "weight"] if key.endswith("bias") else value
+            bound = 1 / np.sqrt(weight.shape[1])  # fan_in: Linear [out, in]; grouped Conv1d [G*out, in/G, 1]
+            for array in (value, got[key]):
+                assert np.abs(array).max() <= bound, key
+                assert array.size < 200 or np.abs(array).max() > 0.95 * bound, key  # uniform over the range
