@@ -388,7 +388,10 @@ def test_model_loss_gradients_match_torch(case, name, hparams):
     assert moving >= len(named) - 2  # a bias before BatchNorm gets ~0 (the normalisation removes it)
 
 
-@pytest.mark.parametrize("case, name, hparams", [MODELS[3], MODELS[8], MODELS[10]], ids=[MODELS[i][0] for i in (3, 8, 10)])
+SAVED = [MODELS[i] for i in (3, 8, 10)]  # one structure of each model, BatchNorm included
+
+
+@pytest.mark.parametrize("case, name, hparams", SAVED, ids=[m[0] for m in SAVED])
 def test_model_config_round_trip_and_saved_file_reload_without_custom_objects(case, name, hparams, tmp_path):
     _, model = build_pair(name, hparams)
     randomise_tf(model)

@@ -462,7 +462,8 @@ def _block_dense(units: int, input_dim: int, fan_in: int, fan_out: int, use_bias
 
 
 def _plus_product(xl, x0, y):
-    """``xl + x0 * y`` in torch's promoted dtype (``addcmul`` of float32 ``xl, x0`` and a bf16 GEMM output is float32)."""
+    """``xl + x0 * y`` in torch's promoted dtype (``addcmul`` of float32 ``xl, x0`` and a bf16 GEMM output is
+    float32)."""
     dtype = promoted(xl.dtype, y.dtype)
     return tf.cast(xl, dtype) + tf.cast(x0, dtype) * tf.cast(y, dtype)
 
