@@ -160,19 +160,16 @@ class TorchRuleOptimizer:
         """One step over ``(index into variables, gradient)`` pairs; in or outside a tf.function.
 
         Under a ``tf.distribute`` strategy, call it in cross-replica context with gradients that
-        are already summed over the replicas: each replica's copy gets the same update.
+        are already summed over the replicas (plain tensors, e.g. from ``strategy.reduce``): the
+        update is computed once and every replica's copy of a variable and its slots is assigned
+        the same value (a mirrored variable's ``assign`` in cross-replica context).
         """
         self.iterations.assign_add(1)
         scalars = self._scalars(tf.cast(self.iterations, tf.float64), tf.identity(self.lr))
-        strategy = tf.distribute.get_strategy()
         for index, grad in indexed_grads:
-            variable = self.variables[index]
             grad = tf.convert_to_tensor(grad)  # IndexedSlices -> dense (see the module docstring)
             slots = tuple(self.slots[slot][index] for slot in self.slot_names)
-            decay = self._decay[index]
-            strategy.extended.update(
-                _tf_variable(variable), lambda v, g, *s, decay=decay: self._update(v, g, s, decay, scalars),
-                args=(grad, *slots), group=False)
+            self._update(tf_variable(self.variables[index]), grad, slots, self._decay[index], scalars)
 
     def _scalars(self, step: tf.Tensor, lr: tf.Tensor) -> dict[str, tf.Tensor]:
         """float64 scalars of this step, shared by every variable."""
@@ -254,7 +251,7 @@ class AdamW(Adam):
     decoupled = True
 
 
-def _tf_variable(variable: Any) -> Any:
+def tf_variable(variable: Any) -> Any:
     """The ``tf.Variable`` behind a Keras variable (what ``tf.distribute`` updates replica by replica)."""
     return variable.value if isinstance(variable, keras.Variable) else variable
 
