@@ -67,7 +67,7 @@ BAD = [
     (["--cin_layer_units", "5,4"], "--cin_layer_units must be even except the last"),
     (["--precision", "fp8"], "--precision"),
     (["--loss", "hinge"], "--loss"),
-    (["--framework", "tf"], "TensorFlow training is not available yet"),
+    (["--framework", "tf", "--gpu_ids", "99"], "--gpu_ids 99"),  # TensorFlow's own device check
     (["--gpu_ids", "99"], "--gpu_ids 99"),
     (["--gpu_ids", "x"], "--gpu_ids"),
     (["--cpu_processes", "2", "--batch_size", "3"], "--batch_size 3 must be divisible"),

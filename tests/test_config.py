@@ -126,7 +126,6 @@ BAD_FLAGS = [
     (["--optimizer", "rmsprop"], "--optimizer must be one of Adam, AdamW, Adagrad, SGD"),
     (["--loss", "mse"], "--loss must be one of BCE"),
     (["--framework", "jax"], "--framework must be one of torch, tf"),
-    (["--framework", "tf"], "TensorFlow training is not available yet"),
     (["--precision", "fp16"], "--precision must be one of fp32, bf16"),
     (["--init", "he"], "--init must be one of xavier_normal, torch_default"),
     (["--epochs", "0"], "--epochs must be >= 1"),
@@ -169,6 +168,13 @@ BAD_FLAGS = [
 def test_bad_flag_gives_config_error_naming_it(extra, message):
     with pytest.raises(ConfigError, match=message):
         parse(*BASE, *extra)
+
+
+def test_framework_tf_is_accepted():
+    """TensorFlow training exists (ctrkit/tensorflow/trainer.py): --framework tf (or its alias) validates."""
+    pytest.importorskip("tensorflow")
+    assert parse(*BASE, "--framework", "tf").framework == "tf"
+    assert parse(*BASE, "--framework", "tensorflow").framework == "tf"
 
 
 def test_model_is_required():
