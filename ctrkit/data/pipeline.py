@@ -320,7 +320,7 @@ class _Splitter:
 def _first_pass(spec, jobs, options, spill, counter, progress) -> list[SourceStats]:
     """Parse every file once: split, spill tokens to disk, count the train split's tokens."""
     splitter = _Splitter(spec, [role for _, role in jobs])
-    counted = [j for j, f in enumerate(spec.sparse) if not f.hash_buckets]
+    counted = [j for j, f in enumerate(spec.sparse) if not f.hash_buckets and f.type != "vocabulary"]
     counted_names = [spec.sparse[j].name for j in counted]
     shared = [(f.name, next(j for j, s in enumerate(spec.sparse) if s.name == f.shares)) for f in spec.sequences]
     sources = []

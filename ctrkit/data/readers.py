@@ -76,7 +76,8 @@ class Conversion:
         if self.labeled:
             want(self.spec.label.column, pl.Int8 if self.spec.label.threshold is None else pl.Float64)
         for f in self.spec.features:
-            want(f.source, pl.String if f.type in ("categorical", "sequence") else pl.Float64)
+            for column in f.raw_columns:
+                want(column, pl.String if f.type in ("categorical", "sequence") else pl.Float64)
         if self.spec.split.by == "time":
             want(self.spec.split.column, pl.Float64)
         types = {}
@@ -137,6 +138,8 @@ class Conversion:
         return checks
 
     def _token(self, f: Feature, strict: bool) -> pl.Expr:
+        if f.type == "vocabulary":  # no column: id 0 in every row
+            return pl.lit(tk.PADDING, pl.Int64)
         if f.type == "categorical":
             token = tk.categorical_token(pl.col(f.source), f.tokens, strict=strict, max_bytes=f.max_bytes)
         elif f.type == "derived":
@@ -153,11 +156,22 @@ class Conversion:
 
     def _sequence(self, f: Feature, strict: bool) -> pl.Expr:
         shared = self.spec.feature(f.shares)
-        items = pl.col(f.source).str.split(f.delimiter).list.eval(pl.element().filter(pl.element() != ""))
+        if f.columns:
+            empty = pl.element().is_in(["", f.padding]) | pl.element().is_null()
+            items = pl.concat_list([pl.col(c).fill_null("") for c in f.columns]).list.eval(pl.element().filter(~empty))
+        else:
+            items = pl.col(f.source).str.split(f.delimiter).list.eval(pl.element().filter(pl.element() != ""))
         if f.order == "newest_first":
             items = items.list.reverse()
-        kind = shared.tokens if shared.type == "categorical" else "int"
+        kind = self._item_kind(f)
+        if kind == "string":  # tokens of string items come in parsed(), over all items at once
+            return items
         return items.list.eval(tk.categorical_token(pl.element(), kind, strict=strict, max_bytes=shared.max_bytes))
+
+    def _item_kind(self, f: Feature) -> str:
+        """How the items of sequence ``f`` become tokens: as the feature it shares would read them."""
+        shared = self.spec.feature(f.shares)
+        return shared.tokens if shared.type in ("categorical", "vocabulary") else "int"
 
     # -- the careful path: which field of which row is bad ----------------------------------------
     def field_problems(self, typed: pl.DataFrame, raw: pl.DataFrame) -> dict[int, tuple[str, str]]:
@@ -179,7 +193,8 @@ class Conversion:
             column = self.spec.split.column
             flag(column, self._number(column, False).is_null(), "no time to split by")
         for f in self.spec.features:
-            self._feature_problems(f, present(f.source), flag)
+            if f.type != "vocabulary":
+                self._feature_problems(f, present(f.raw_columns[0]), flag)
         order = {c: i for i, c in enumerate(self.columns)}
         checks.sort(key=lambda check: order.get(check[0], -1))  # stable: per column, checks in the order above
         problems: dict[int, tuple[str, str]] = {}
@@ -196,9 +211,13 @@ class Conversion:
             if f.tokens != "string":
                 flag(f.source, present & tk.categorical_token(pl.col(f.source), f.tokens, strict=False).is_null(), tk.token_problem(f.tokens))
         elif f.type == "sequence":
-            shared = self.spec.feature(f.shares)
-            kind = shared.tokens if shared.type == "categorical" else "int"
-            if kind != "string":
+            kind = self._item_kind(f)
+            if kind != "string" and f.columns:
+                for column in f.columns:
+                    value = pl.col(column)
+                    bad = ~value.is_in(["", f.padding]) & tk.categorical_token(value, kind, strict=False).is_null()
+                    flag(column, value.is_not_null() & bad, f"an item is {tk.token_problem(kind)}")
+            elif kind != "string":
                 bad = self._sequence(f, strict=False).list.eval(pl.element().is_null()).list.any()
                 flag(f.source, present & bad, f"an item is {tk.token_problem(kind)}")
         else:
@@ -218,7 +237,7 @@ class Conversion:
             dense = np.ascontiguousarray(dense, dtype=np.float32)
         sequences, truncated = {}, {}
         for f in spec.sequences:
-            sequences[f.name] = left_padded(converted.get_column(f"seq:{f.name}"), f.max_len)
+            sequences[f.name] = left_padded(converted.get_column(f"seq:{f.name}"), f.max_len, spec.feature(f.shares).max_bytes)
             truncated[f.name] = int((converted.get_column(f"len:{f.name}") > f.max_len).sum())
         tokens = converted.select([pl.col(f"tok:{f.name}").alias(f.name) for f in spec.sparse])
         return ParsedBlock(
@@ -236,11 +255,14 @@ class Conversion:
         return self.parsed(frame.select(self.exprs(strict=False)), np.zeros(0, np.int64))
 
 
-def left_padded(lists: pl.Series, max_len: int) -> np.ndarray:
-    """List[int64] (at most ``max_len`` each) → int64 ``[n, max_len]``, items at the right end."""
+def left_padded(lists: pl.Series, max_len: int, max_bytes: int = 64) -> np.ndarray:
+    """List[int64] or List[String] (string tokens) of at most ``max_len`` each → int64 ``[n, max_len]``, items at the right end."""
     n = len(lists)
     lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
-    flat = lists.explode().drop_nulls().to_numpy().astype(np.int64, copy=False)
+    flat = lists.explode().drop_nulls()
+    if flat.dtype == pl.String:
+        flat = tk.string_tokens(flat, max_bytes)
+    flat = flat.to_numpy().astype(np.int64, copy=False)
     out = np.full((n, max_len), tk.PADDING, dtype=np.int64)
     if len(flat):
         rows = np.repeat(np.arange(n), lengths)
@@ -279,9 +301,11 @@ def detect_layout(path: Path, spec: DatasetSpec) -> TextLayout:
     header = reader.header == "true" or (reader.header == "auto" and (label in fields or (bool(reader.columns) and fields == list(reader.columns))))
     if reader.header == "auto" and not header and not reader.columns:
         header = True  # nothing names the columns otherwise
-    needed = [f.source for f in spec.features] + ([spec.split.column] if spec.split.by == "time" else [])
+    needed = [c for f in spec.features for c in f.raw_columns] + ([spec.split.column] if spec.split.by == "time" else [])
     if header:
         columns = tuple(fields)
+        if len(set(columns)) < len(columns) and len(columns) == len(reader.columns):
+            columns = tuple(reader.columns)  # a header repeating names (cont_btag × 50): the spec's names
         duplicated = sorted({c for c in columns if columns.count(c) > 1})
         if duplicated:
             raise InputError(f"{path}:1: the header names column {duplicated[0]!r} twice")
@@ -434,7 +458,7 @@ class ParquetSource:
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
         columns = tuple(self.file_schema)
-        needed = [f.source for f in spec.features] + ([spec.split.column] if spec.split.by == "time" else [])
+        needed = [c for f in spec.features for c in f.raw_columns] + ([spec.split.column] if spec.split.by == "time" else [])
         missing = [c for c in dict.fromkeys(needed) if c not in columns]
         if missing:
             raise InputError(f"{path}: has no column {missing[0]!r}, which spec {spec.origin} uses")

@@ -21,13 +21,20 @@ most have defaults)::
       - {name: age, type: numeric, transform: bucketize, boundaries: [18, 25, 35, 50]}
       - {name: hour_of_day, type: derived, source: hour, derive: hour_of_day, time_format: yymmddhh}
       - {name: hist, type: sequence, delimiter: "|", max_len: 50, shares: item}
+      - {name: genre, type: vocabulary}                 # a vocabulary of its own for sequences (tokens: as categorical)
+      - {name: genres, type: sequence, source: genres, max_len: 6, shares: genre}
+      - {name: hist_cate, type: sequence, columns: [c1, c2, c3], padding: "0", max_len: 3, shares: item}
     split: {by: random, ratios: [8, 1, 1], seed: 2018}
     # or {by: time, column: hour, valid_from: 14102900, test_from: 14103000}
     # or {by: files}: the raw files are all train; valid/test come from --valid/--test
 
 Sequences: items in file order, oldest first (``order: newest_first`` reverses a file that lists
 the most recent first); the store keeps the last ``max_len`` (most recent last, left-padded with
-0). Items count towards the vocabulary of the ``shares`` feature and are encoded with it.
+0). Items count towards the vocabulary of the ``shares`` feature and are encoded with it. A
+sequence spread over several columns (one item each, oldest first, as the Taobao DMR layout) names
+them in ``columns``; a slot equal to ``padding`` (or empty) holds no item. A ``vocabulary`` feature
+reads no column: it is the vocabulary of the sequences that share it (MovieLens genres, Taobao
+behaviour types), stored as a sparse field whose id is 0 in every row.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import yaml
 from ctrkit.data.tokens import DERIVATIONS, TIME_FORMATS, TOKEN_KINDS
 from ctrkit.errors import ConfigError
 
-FEATURE_TYPES = ("categorical", "numeric", "derived", "sequence")
+FEATURE_TYPES = ("categorical", "numeric", "derived", "sequence", "vocabulary")
 NUMERIC_TRANSFORMS = ("bars", "bucketize", "log1p", "identity")
 DENSE_TRANSFORMS = ("log1p", "identity")
 SPLIT_METHODS = ("random", "time", "files")
@@ -54,7 +61,8 @@ _FEATURE_KEYS = {
     "categorical": _COMMON_KEYS | {"min_count", "hash_buckets", "tokens", "max_bytes"},
     "numeric": _COMMON_KEYS | {"min_count", "hash_buckets", "transform", "boundaries", "integer"},
     "derived": _COMMON_KEYS | {"min_count", "derive", "time_format"},
-    "sequence": _COMMON_KEYS | {"delimiter", "max_len", "shares", "order"},
+    "sequence": _COMMON_KEYS | {"delimiter", "max_len", "shares", "order", "columns", "padding"},
+    "vocabulary": {"name", "type", "min_count", "hash_buckets", "tokens"},
 }
 _TOP_KEYS = {"name", "label", "reader", "defaults", "features", "split", "description"}
 _READER_KEYS = {"delimiter", "header", "columns", "quote"}
@@ -86,6 +94,15 @@ class Feature:
     max_len: int = 0
     shares: str = ""
     order: str = "oldest_first"
+    columns: tuple[str, ...] = ()  # sequence: one item per column instead of a delimited ``source``
+    padding: str = ""  # sequence: a raw value that marks an empty slot
+
+    @property
+    def raw_columns(self) -> tuple[str, ...]:
+        """The raw columns this feature reads."""
+        if self.type == "vocabulary":
+            return ()
+        return self.columns if self.columns else (self.source,)
 
     @property
     def output(self) -> str:
@@ -107,6 +124,13 @@ class Feature:
             out["boundaries"] = list(self.boundaries)
         if self.type != "numeric":
             out.pop("boundaries", None)
+        if self.type == "sequence":
+            if self.columns:
+                out["columns"] = list(self.columns)
+                out.pop("source", None)
+                out.pop("delimiter", None)
+            else:
+                out.pop("columns", None)
         return out
 
 
@@ -334,11 +358,15 @@ def _feature(check: _Checker, item: Any, index: int, default_min_count: int) -> 
     kind = check.choice(item.get("type", "categorical"), f"{where}.type", FEATURE_TYPES)
     check.keys(item, _FEATURE_KEYS[kind], f"{where}.", required={"name"})
     name = check.string(item["name"], f"{where}.name")
-    values: dict[str, Any] = {"name": name, "type": kind, "source": check.string(item.get("source", name), f"{where}.source")}
+    values: dict[str, Any] = {"name": name, "type": kind}
+    if kind != "vocabulary":
+        values["source"] = check.string(item.get("source", name), f"{where}.source")
     if kind != "sequence":
         values["min_count"] = check.integer(item.get("min_count", default_min_count), f"{where}.min_count", low=1)
     if "hash_buckets" in item:
         values["hash_buckets"] = check.integer(item["hash_buckets"], f"{where}.hash_buckets", low=1)
+    if kind == "vocabulary":
+        values["tokens"] = check.choice(item.get("tokens", "string"), f"{where}.tokens", TOKEN_KINDS)
     if kind == "categorical":
         values["tokens"] = check.choice(item.get("tokens", "string"), f"{where}.tokens", TOKEN_KINDS)
         values["max_bytes"] = check.integer(item.get("max_bytes", 64), f"{where}.max_bytes", low=8)
@@ -363,7 +391,7 @@ def _feature(check: _Checker, item: Any, index: int, default_min_count: int) -> 
             check.fail(f"{where}.derive", f"is required (one of {', '.join(DERIVATIONS)})")
         values["derive"] = check.choice(item["derive"], f"{where}.derive", DERIVATIONS)
         values["time_format"] = check.choice(item.get("time_format", "yymmddhh"), f"{where}.time_format", TIME_FORMATS)
-    else:
+    elif kind == "sequence":
         for key in ("max_len", "shares"):
             if key not in item:
                 check.fail(f"{where}.{key}", "is required for a sequence feature")
@@ -372,6 +400,18 @@ def _feature(check: _Checker, item: Any, index: int, default_min_count: int) -> 
         delimiter = check.string(item.get("delimiter", "|"), f"{where}.delimiter")
         values["delimiter"] = delimiter
         values["order"] = check.choice(item.get("order", "oldest_first"), f"{where}.order", SEQUENCE_ORDERS)
+        if "columns" in item:
+            columns = item["columns"]
+            if not isinstance(columns, list) or not columns or not all(isinstance(c, str) and c for c in columns):
+                check.fail(f"{where}.columns", f"must be a non-empty list of column names, got {_shown(columns)}")
+            if "source" in item or "delimiter" in item:
+                check.fail(f"{where}.columns", "a sequence reads either columns (one item each) or a delimited source, not both")
+            values["columns"] = tuple(columns)
+            values["source"] = ""
+        padding = item.get("padding", "")
+        if not isinstance(padding, (str, int)) or isinstance(padding, bool):
+            check.fail(f"{where}.padding", f"must be a string, got {_shown(padding)}")
+        values["padding"] = str(padding)
     return Feature(**values)
 
 
@@ -413,11 +453,11 @@ def _check_references(check: _Checker, spec: DatasetSpec) -> None:
             close = difflib.get_close_matches(f.shares, sorted(sparse), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             check.fail(f"features ({f.name}).shares", f"{f.shares!r} is not a categorical feature of this spec{hint}")
-        if f.source == f.name and f.name in sparse:
+        if f.name in sparse:
             check.fail(f"features ({f.name})", "a sequence needs its own name")
     columns = spec.reader.columns
     if columns:
-        needed = [spec.label.column] + [f.source for f in spec.features]
+        needed = [spec.label.column] + [c for f in spec.features for c in f.raw_columns]
         if spec.split.by == "time":
             needed.append(spec.split.column)
         for column in needed:
@@ -425,3 +465,19 @@ def _check_references(check: _Checker, spec: DatasetSpec) -> None:
                 close = difflib.get_close_matches(column, columns, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 check.fail("reader.columns", f"has no column {column!r}, which the spec uses{hint}")
+
+
+def with_overrides(spec: DatasetSpec, *, min_count: int | None = None, ratios=None, seed: int | None = None) -> DatasetSpec:
+    """``spec`` with the command line's ``--min-count`` (every counted feature), ``--split`` and ``--seed``."""
+    if min_count is not None:
+        if min_count < 1:
+            raise ConfigError(f"--min-count must be >= 1, got {min_count}")
+        spec = spec.with_features(replace(f, min_count=min_count) if f.type != "sequence" else f for f in spec.features)
+    if ratios is not None or seed is not None:
+        if spec.split.by != "random":
+            raise ConfigError(f"--split/--seed apply to a random split; spec {spec.origin} splits by {spec.split.by}")
+        ratios = tuple(float(r) for r in (ratios or spec.split.ratios))
+        if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
+            raise ConfigError(f"--split needs three ratios train:valid:test with train > 0, got {ratios}")
+        spec = replace(spec, split=Split("random", ratios, spec.split.seed if seed is None else seed))
+    return spec
