@@ -170,19 +170,28 @@ class TargetAttention(nn.Module):
         weights = self.scores(query, keys, mask)  # (B, L)
         return torch.einsum("bl,ble->be", weights.to(keys.dtype), keys)  # (B, E)
 
-    def reference_forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The activation unit on the explicit concatenation, one behaviour at a time, then the sum."""
+    def reference_scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The activation unit on the explicit concatenation, one behaviour at a time: ``[B, L]``."""
         batch, length, _ = keys.shape
         x = torch.cat([keys, query.unsqueeze(1).expand_as(keys),
                        keys - query.unsqueeze(1), keys * query.unsqueeze(1)], dim=-1)  # (B, L, 4E)
         for linear, act in zip(self.linears, self.activations):
             x = linear(x)
             x = act.reference_forward(x, mask) if isinstance(act, Dice) else act(x)
-        out = torch.zeros_like(query)
+        out = keys.new_zeros(batch, length)
         for b in range(batch):
             for t in range(length):
                 if mask[b, t]:
-                    out[b] = out[b] + self.score(x[b, t]) * keys[b, t]
+                    out[b, t] = self.score(x[b, t])[0]
+        return out
+
+    def reference_forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``sum_t w_t e_t`` with the reference scores, one behaviour at a time."""
+        weights = self.reference_scores(query, keys, mask)
+        out = torch.zeros_like(query)
+        for b in range(keys.shape[0]):
+            for t in range(keys.shape[1]):
+                out[b] = out[b] + weights[b, t] * keys[b, t]
         return out
 
 
@@ -292,38 +301,45 @@ class AUGRU(GRU):
 
 
 class InterestAttention(nn.Module):
-    """DIEN's attention of the candidate over the interest states (eq. 5), masked softmax::
+    """DIEN's attention of the candidate over the interest states (eq. 5), a masked softmax.
 
-        a_t = exp(h_t W e_a) / sum_{j non-padding} exp(h_j W e_a)         (0 at padding)
+    The scores of the authors' code (``din_fcn_attention``): the candidate is projected to the
+    state width, ``q = W_q e_a + b_q``, and DIN's activation unit scores each state against it::
 
-    ``W`` is ``projection`` (a bias-free ``Linear(E, H)`` applied to ``e_a``). A row without any
-    item gets all-zero scores.
+        s_t = MLP([h_t, q, h_t - q, h_t * q])        a_t = exp(s_t) / sum_{j non-padding} exp(s_j)
+
+    (the paper writes ``s_t = h_t W e_a``; the unit's additive terms keep gradients flowing while
+    the embeddings are still near their ``1e-4`` initial scale). ``a_t = 0`` at padding; a row
+    without any item gets all-zero scores.
 
     Args:
         query_dim: ``E``.
         hidden_dim: ``H``.
+        hidden_units: hidden sizes of the activation unit.
+        activation: its activation (the authors': sigmoid).
 
     Shapes: ``query`` ``[B, E]``, ``states`` ``[B, L, H]``, ``mask`` bool ``[B, L]`` -> ``[B, L]``.
     """
 
-    def __init__(self, query_dim: int, hidden_dim: int) -> None:
+    def __init__(self, query_dim: int, hidden_dim: int, hidden_units: Sequence[int] = (80, 40),
+                 activation: str = "sigmoid") -> None:
         super().__init__()
-        self.projection = nn.Linear(check_int("query_dim", query_dim), check_int("hidden_dim", hidden_dim), bias=False)
+        self.projection = nn.Linear(check_int("query_dim", query_dim), check_int("hidden_dim", hidden_dim))
         init_linear(self.projection)
+        self.unit = TargetAttention(hidden_dim, hidden_units, activation)
 
     def forward(self, query: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        dtype = _wide(states.dtype)
-        q = self.projection(query).to(dtype)  # (B, H)
-        logits = torch.einsum("blh,bh->bl", states.to(dtype), q)  # (B, L)
-        logits = logits.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # (B, L); an empty row gives NaN -> 0
-        return weights * mask.to(weights.dtype)
+        q = self.projection(query).to(states.dtype)  # (B, H)
+        scores = self.unit.scores(q, states, mask).to(_wide(states.dtype))  # (B, L)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1).nan_to_num(0.0)  # empty row: 0
+        return weights * mask.to(weights.dtype)  # (B, L)
 
     def reference_forward(self, query: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        q = self.projection.weight @ query.T  # (H, B)
+        """The unit's reference scores, then the softmax over each row's items one by one."""
+        scores = self.unit.reference_scores(self.projection(query), states, mask)  # (B, L)
         out = torch.zeros(mask.shape, dtype=states.dtype)
         for b in range(mask.shape[0]):
-            terms = {t: torch.exp(states[b, t] @ q[:, b]) for t in range(mask.shape[1]) if mask[b, t]}
+            terms = {t: torch.exp(scores[b, t]) for t in range(mask.shape[1]) if mask[b, t]}
             total = sum(terms.values())
             for t, term in terms.items():
                 out[b, t] = term / total

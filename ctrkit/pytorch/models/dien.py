@@ -22,7 +22,7 @@ class DIEN(CTRModel):
 
         h_t  = GRU(e_t, h_{t-1})                              interest extractor (padding skipped)
         L_aux = -mean log sigmoid(f(h_t, e_{t+1})) + log(1 - sigmoid(f(h_t, e^-_{t+1})))    (eq. 3)
-        a_t  = softmax_t(h_t W e_a)                           attention of the candidate (eq. 5)
+        a_t  = softmax_t(MLP([h_t, q, h_t - q, h_t * q])), q = W_q e_a + b_q     attention (eq. 5)
         h'_t = AUGRU(h_t, h'_{t-1}; a_t)                       interest evolution (eq. 6-7)
         y    = MLP([e_1; ...; e_K; h'_L])
 
@@ -41,6 +41,8 @@ class DIEN(CTRModel):
         gru_units: ``H`` of both GRUs (0: the behaviour width ``n_seq * D``, as in the paper).
         aux_hidden_units: hidden sizes of the auxiliary network (sigmoid; the authors': 100, 50).
         aux_loss_weight: ``alpha``, the weight of ``L_aux`` (the paper: 1).
+        attention_units, attention_activation: the attention's activation unit
+            (:class:`~ctrkit.pytorch.layers.sequence.InterestAttention`; the authors' code: 80, 40, sigmoid).
         dropout, batch_norm, activation: of the output MLP.
 
     Shapes: batch -> ``[B]`` logits.
@@ -59,6 +61,8 @@ class DIEN(CTRModel):
         gru_units: int = 0,
         aux_hidden_units: Sequence[int] = (100, 50),
         aux_loss_weight: float = 1.0,
+        attention_units: Sequence[int] = (80, 40),
+        attention_activation: str = "sigmoid",
         dropout: float = 0.0,
         batch_norm: bool = False,
         activation: str = "relu",
@@ -72,7 +76,7 @@ class DIEN(CTRModel):
         hidden = check_int("gru_units", gru_units, minimum=0) or behaviour_dim
         self.extractor = GRU(behaviour_dim, hidden)
         self.auxiliary = AuxiliaryLoss(hidden, behaviour_dim, aux_hidden_units)
-        self.attention = InterestAttention(behaviour_dim, hidden)
+        self.attention = InterestAttention(behaviour_dim, hidden, attention_units, attention_activation)
         self.evolution = AUGRU(hidden, hidden)
         fixed = self.embedding.n_sparse + self.embedding.n_dense
         self.dnn = MLP(fixed * self.embedding.dim + hidden, hidden_units, activation, dropout, batch_norm,
