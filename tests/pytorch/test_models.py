@@ -303,13 +303,15 @@ def test_interaction_models_beat_lr():
 
 
 def test_registry_names_and_classes():
-    assert set(MODELS) == {"lr", "dnn", "fm", "ffm", "deepfm", "dcn", "afm", "xdeepfm", "autoint", "autoint+"}
+    assert set(MODELS) == {"lr", "dnn", "fm", "ffm", "deepfm", "dcn", "afm", "xdeepfm", "autoint", "autoint+",
+                           "onn", "fibinet", "dcnv2", "din", "dien"}
     for key, info in MODELS.items():
         assert isinstance(info, ModelInfo) and info.name == key
-        assert info.tf_class is None
         assert 2000 < info.year < 2030 and info.paper and info.title
         module, _, cls = info.torch_class.partition(":")
         assert module.startswith("ctrkit.pytorch.models.") and cls
+        # the two frameworks mirror each other file for file and class for class
+        assert info.tf_class == info.torch_class.replace("ctrkit.pytorch.", "ctrkit.tensorflow.")
 
 
 def test_get_model_info_case_and_aliases():
