@@ -194,7 +194,7 @@ class FieldEmbedding(nn.Module):
             "dense_rows", torch.arange(total_vocab, total_vocab + self.n_dense, dtype=torch.long), persistent=False
         )  # (n_dense,)
         self.sequence_keys: list[str] = [f"seq:{f.name}" for f in schema.sequence]
-        seq_offsets = [int(offsets[schema.sparse_index(f.shares)]) for f in schema.sequence]
+        seq_offsets = [int(schema.sparse_offsets[schema.sparse_index(f.shares)]) for f in schema.sequence]  # not from the buffer: it may be on the meta device
         self.register_buffer("sequence_offsets", torch.tensor(seq_offsets, dtype=torch.long), persistent=False)
         #: the sparse column each sequence field shares (its candidate item)
         self.candidate_fields: list[int] = [schema.sparse_index(f.shares) for f in schema.sequence]
