@@ -4,7 +4,7 @@ The encoder of a store is its spec plus one vocabulary per sparse feature (int64
 order: element ``i`` has id ``i + 1``, id 0 is OOV and sequence padding; a hashed feature's
 "vocabulary" is ``0 .. N-1``, bucket ``i`` having id ``i + 1``). It lives in the store (the spec in
 ``__meta__["encoder"]``, the vocabularies as ``array/vocab/<feature>``), and
-:func:`export_encoder` copies it into one file beside a checkpoint (``encoder.npz``: the
+:func:`export_encoder` (:func:`copy_encoder_to_run_dir` for trainers) copies it into one file beside a checkpoint (``encoder.npz``: the
 vocabularies and the JSON record as plain arrays, read back without pickle), so that raw rows can be
 encoded for prediction from either.
 """
@@ -272,3 +272,28 @@ def export_encoder(store, directory: str | os.PathLike) -> Path:
     with atomic_output(target, "wb") as handle:
         np.savez(handle, **arrays)
     return target
+
+
+def copy_encoder_to_run_dir(store_path, run_dir: str | os.PathLike) -> Path | None:
+    """Write the encoder of the store at ``store_path`` into ``run_dir`` (``encoder.npz``), atomically.
+
+    Trainers call it once per run directory, so that ``ctrkit predict CKPT RAW`` needs only the
+    checkpoint. A store built without an encoder (by hand, with a ``StoreWriter``) has nothing to
+    copy: ``None``, and nothing written.
+    """
+    from ctrkit.data.store import Store
+
+    store = store_path if isinstance(store_path, Store) else Store(store_path)
+    if not isinstance(store.meta.get("encoder"), dict):
+        return None
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return export_encoder(store, run_dir)
+
+
+def run_dir_encoder(checkpoint: str | os.PathLike) -> Path | None:
+    """The ``encoder.npz`` beside a checkpoint (in its run directory), or in the directory given, or None."""
+    checkpoint = Path(checkpoint)
+    for directory in ([checkpoint] if checkpoint.is_dir() else []) + [checkpoint.parent]:
+        if (directory / ENCODER_FILE).is_file():
+            return directory / ENCODER_FILE
+    return None
