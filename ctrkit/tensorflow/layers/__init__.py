@@ -72,3 +72,14 @@ __all__ = [
     "torch_default_initialise",
     "xavier_normal",
 ]
+
+from ctrkit.tensorflow.layers.sequence import (  # noqa: E402
+    AUGRU,
+    GRU,
+    AuxiliaryLoss,
+    Dice,
+    InterestAttention,
+    TargetAttention,
+)
+
+__all__ += ["AUGRU", "AuxiliaryLoss", "Dice", "GRU", "InterestAttention", "TargetAttention"]

@@ -11,6 +11,7 @@ batch. Each layer still creates them in ``build()``, which ``__init__`` calls.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -151,6 +152,20 @@ class Bias(keras.layers.Layer):
         return {**super().get_config(), "shape": list(self.shape)}
 
 
+class UnpooledEmbeddings(NamedTuple):
+    """What :meth:`FieldEmbedding.unpooled` returns (mirror of the torch tuple).
+
+    Attributes:
+        fields: the sparse then dense fields ``[B, K, D]`` (``K = n_sparse + n_dense``).
+        sequences: per sequence field (schema order), its items ``[B, L, D]``; zero rows at padding.
+        masks: per sequence field, bool ``[B, L]``: True where the id is an item (not padding 0).
+    """
+
+    fields: tf.Tensor
+    sequences: list
+    masks: list
+
+
 @keras.saving.register_keras_serializable(package="ctrkit")
 class FieldEmbedding(keras.layers.Layer):
     """One ``dim``-wide vector per input field, from ONE :class:`EmbeddingTable`.
@@ -180,10 +195,16 @@ class FieldEmbedding(keras.layers.Layer):
     ``batch["seq:<name>"]`` int ``[B, L]`` -> ``[B, F, dim]`` with
     ``F = n_sparse + n_dense + n_sequence``. Other batch keys (``label``) are ignored.
 
+    Target attention (DIN, DIEN) reads the sequences unpooled instead: :meth:`unpooled` gives the
+    sparse and dense fields and each sequence field's ``[B, L, D]`` items with their mask, from the
+    same single gather; :meth:`candidates` picks each sequence field's candidate item (the sparse
+    field it ``shares``) out of the fields.
+
     Example::
 
         emb = FieldEmbedding(schema, 16)
         emb(batch).shape  # TensorShape([B, emb.num_fields, 16])
+        fields, sequences, masks = emb.unpooled(batch)  # [B, K, 16], [[B, L, 16]], [[B, L]]
     """
 
     def __init__(self, schema: Schema | Mapping, dim: int, init_std: float = EMBEDDING_INIT_STD, **kwargs) -> None:
@@ -206,6 +227,8 @@ class FieldEmbedding(keras.layers.Layer):
         self.dense_rows = list(range(total_vocab, total_vocab + self.n_dense))  # (n_dense,)
         self.sequence_keys: list[str] = [f"seq:{f.name}" for f in self.schema.sequence]
         self.sequence_offsets = [self.offsets[self.schema.sparse_index(f.shares)] for f in self.schema.sequence]
+        #: the sparse column each sequence field shares (its candidate item)
+        self.candidate_fields = [self.schema.sparse_index(f.shares) for f in self.schema.sequence]
         self.built = True
 
     @property
@@ -214,18 +237,56 @@ class FieldEmbedding(keras.layers.Layer):
         return self.n_sparse + self.n_dense + self.n_sequence
 
     def call(self, batch, training=None):
-        ids, counted, batch_size = self._ids(batch)  # (B, K + sum L)
-        rows = self.table(ids, training=training, counted=counted, batch_size=batch_size)  # (B, K + sum L, D)
+        rows, counted, batch_size = self._rows(batch, training)  # (B, K + sum L, D)
         k = self.n_sparse + self.n_dense
-        out = rows[:, :k]  # (B, K, D)
-        if self.n_dense:
-            ones = tf.ones((batch_size, self.n_sparse), dtype=rows.dtype)
-            scale = tf.concat([ones, tf.cast(batch["dense"], rows.dtype)], axis=1)  # (B, K)
-            out = out * scale[:, :, None]  # (B, K, D)
+        out = self._scale_dense(rows[:, :k], batch, batch_size)  # (B, K, D)
         if self.n_sequence:
             pooled = self._pool(rows[:, k:], counted[:, k:], batch)  # (B, n_seq, D)
             out = tf.concat([out, pooled], axis=1) if k else pooled  # (B, F, D)
         return out
+
+    def unpooled(self, batch, training=None) -> UnpooledEmbeddings:
+        """The sparse and dense fields, and every sequence field item by item, in ONE gather.
+
+        Mirror of the torch method: ``fields`` are the first ``K = n_sparse + n_dense`` fields of
+        :meth:`call`, ``sequences[s]`` the rows of sequence field ``s`` position by position, zero
+        at padding (gathered, then multiplied by the mask, and not ``counted`` by the
+        regulariser), ``masks[s]`` its non-padding positions.
+
+        Shapes: ``fields`` ``[B, K, D]``; ``sequences[s]`` ``[B, L_s, D]``; ``masks[s]`` bool ``[B, L_s]``.
+        """
+        rows, counted, batch_size = self._rows(batch, training)  # (B, K + sum L, D)
+        k = self.n_sparse + self.n_dense
+        fields = self._scale_dense(rows[:, :k], batch, batch_size)  # (B, K, D)
+        sequences, masks, start = [], [], k
+        for key in self.sequence_keys:
+            length = batch[key].shape[1] if batch[key].shape[1] is not None else tf.shape(batch[key])[1]
+            mask = counted[:, start:start + length]  # (B, L)
+            sequences.append(rows[:, start:start + length] * tf.cast(mask, rows.dtype)[:, :, None])
+            masks.append(mask)
+            start += length
+        return UnpooledEmbeddings(fields, sequences, masks)
+
+    def candidates(self, fields):
+        """The candidate item of each sequence field: the row of the sparse field it shares.
+
+        Shapes: ``[B, >= n_sparse, D]`` -> ``[B, n_sequence, D]``.
+        """
+        return tf.gather(fields, self.candidate_fields, axis=1)  # (B, n_seq, D)
+
+    def _rows(self, batch, training):
+        """The one table read: rows ``[B, K + sum L, D]``, ``counted`` (non-padding) and ``B``."""
+        ids, counted, batch_size = self._ids(batch)  # (B, K + sum L)
+        rows = self.table(ids, training=training, counted=counted, batch_size=batch_size)
+        return rows, counted, batch_size
+
+    def _scale_dense(self, out, batch, batch_size):
+        """Dense fields' rows times their values (``[B, K, D]``); sparse fields unchanged."""
+        if not self.n_dense:
+            return out
+        ones = tf.ones((batch_size, self.n_sparse), dtype=out.dtype)
+        scale = tf.concat([ones, tf.cast(batch["dense"], out.dtype)], axis=1)  # (B, K)
+        return out * scale[:, :, None]  # (B, K, D)
 
     def _ids(self, batch):
         """Table rows of every field and sequence position, ``counted`` (non-padding) and ``B``."""

@@ -20,3 +20,8 @@ from ctrkit.tensorflow.models.onn import ONN
 from ctrkit.tensorflow.models.xdeepfm import XDeepFM
 
 __all__ = ["AFM", "AutoInt", "CTRModel", "DCN", "DCNV2", "DNN", "DeepFM", "FFM", "FM", "FiBiNET", "LR", "ONN", "XDeepFM"]
+
+from ctrkit.tensorflow.models.dien import DIEN  # noqa: E402
+from ctrkit.tensorflow.models.din import DIN  # noqa: E402
+
+__all__ += ["DIEN", "DIN"]
