@@ -15,10 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a model on a store",
         description=(
             "Train a CTR model on a store built by `ctrkit preprocess`. Options come from the flags "
-            "and an optional --config YAML file (flags win). Writes best.pt, last.pt, metrics.json "
-            "and TensorBoard logs to --model_save_dir; a directory holding a previous run needs "
-            "--resume or --overwrite. SIGINT/SIGTERM stop after the current step with last.pt saved "
-            "(exit code 130/143); --resume continues exactly."
+            "and an optional --config YAML file (flags win). Writes best.pt and last.pt (--framework tf: "
+            "best.tf and last.tf, safetensors), metrics.json and TensorBoard logs to --model_save_dir; a "
+            "directory holding a previous run needs --resume or --overwrite. SIGINT/SIGTERM stop after "
+            "the current step with the last checkpoint saved (exit code 130/143); --resume continues exactly."
         ),
     )
     add_train_arguments(parser)
