@@ -16,7 +16,7 @@ import sys
 from ctrkit import __version__
 from ctrkit.errors import CtrkitError
 
-COMMANDS = ("synth", "preprocess", "inspect", "models", "train", "evaluate", "predict")
+COMMANDS = ("synth", "preprocess", "inspect", "models", "train", "evaluate", "predict", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -142,7 +142,8 @@ def open_run_directory(save_dir: Path, *, resume: bool, overwrite: bool,
 def other_framework_message(path: Path, found: str, wanted: str) -> str:
     """One line for a ``--resume`` of a checkpoint written by the other framework."""
     return (f"--resume: {path} is a {FRAMEWORK_NAMES.get(found, found)} checkpoint and this is a "
-            f"--framework {wanted} run; resume it with --framework {found}, or convert it first: "
+            f"--framework {wanted} run; resume it with --framework {found} (a run continues in its own "
+            f"framework), or take its weights to {FRAMEWORK_NAMES.get(wanted, wanted)} for evaluate and predict: "
             f"ctrkit convert {path} --to {wanted} --out DIR")
 
 

@@ -131,3 +131,86 @@ def test_every_model_trains_an_epoch_on_real_criteo_rows(kaggle_store, tmp_path,
     assert 850 <= metrics["test"]["rows"] <= 1150  # the store's random 8:1:1 test split of 10,000 rows
     assert metrics["test"]["auc"] > 0.58, metrics["test"]  # 0.67-0.72 measured; chance 0.5 (+-0.02)
     assert (save_dir / "best.tf").is_file() and (save_dir / "last.tf").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# ctrkit convert: train in one framework, serve in the other
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    from _train_helpers import build_store
+
+    return build_store(tmp_path_factory.mktemp("planted") / "store.lmdb")
+
+
+def trained(planted, save_dir: Path, framework: str, model: str = "xdeepfm", **options):
+    """A short run of ``model`` in ``framework`` (BatchNorm and dropout included: statistics and
+    seed states must survive the conversion, or be ignored by it, correctly)."""
+    from ctrkit.config import TrainConfig
+    from ctrkit.training.frameworks import train_from_config
+
+    config = TrainConfig(model=model, framework=framework, data=str(planted.path), epochs=1, batch_size=256,
+                         lr=3e-3, embed_size=4, hidden_units=[16, 16], cin_layer_units=[4, 4], batch_norm=True,
+                         dropout=0.1, model_save_dir=str(save_dir), log_every=5, **options).validate()
+    return train_from_config(config)
+
+
+def scores(checkpoint: Path, store) -> np.ndarray:
+    from ctrkit.data.batches import BatchReader
+    from ctrkit.training.frameworks import load_for_inference
+
+    trainer = load_for_inference(checkpoint, eval_batch_size=500, num_workers=0, threads=0, gpu_ids=[])
+    return trainer.predict(BatchReader(store, "test", 500))
+
+
+@pytest.mark.parametrize("source, target", [("torch", "tf"), ("tf", "torch")])
+def test_a_converted_checkpoint_scores_the_same_rows_the_same(planted, tmp_path, capsys, source, target):
+    pytest.importorskip("torch")
+    from ctrkit.cli import main
+
+    trained(planted, tmp_path / "run", source)
+    expected = scores(tmp_path / "run", planted)
+    assert expected.std() > 1e-3  # the rows get different scores: the comparison can fail
+    code = main(["convert", str(tmp_path / "run"), "--to", target, "--out", str(tmp_path / "converted")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    ext = {"tf": "tf", "torch": "pt"}[target]
+    assert sorted(p.name for p in (tmp_path / "converted").iterdir()) == [f"best.{ext}"]
+    assert "wrote" in out and "xdeepfm" in out
+    np.testing.assert_allclose(scores(tmp_path / "converted", planted), expected, rtol=1e-5, atol=1e-5)
+    # the way back gives the very same weights
+    code = main(["convert", str(tmp_path / "converted"), "--to", source, "--out", str(tmp_path / "back")])
+    assert code == 0, capsys.readouterr().err
+    np.testing.assert_allclose(scores(tmp_path / "back", planted), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_convert_bad_input_is_one_line_and_writes_nothing(planted, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from ctrkit.cli import main
+
+    trained(planted, tmp_path / "run", "torch", model="dnn")
+    best = tmp_path / "run" / "best.pt"
+    damaged = torch.load(best, weights_only=True)
+    name = next(k for k in damaged["model"] if k.endswith("weight") and damaged["model"][k].ndim == 2 and "dnn" in k)
+    damaged["model"][name] = damaged["model"][name][:, :-1]
+    torch.save(damaged, tmp_path / "damaged.pt")
+    (tmp_path / "cut.tf").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")
+    out = tmp_path / "out"
+    cases = [
+        ([str(best), "--to", "torch"], "is already a PyTorch checkpoint"),
+        ([str(best), "--to", "jax"], "--to must be one of tf, torch"),
+        ([str(tmp_path / "damaged.pt"), "--to", "tf"], f"damaged.pt: weights do not match DNN: {name} has shape"),
+        ([str(tmp_path / "cut.tf"), "--to", "torch"], "cut.tf is not a readable ctrkit checkpoint"),
+        ([str(tmp_path / "absent.pt"), "--to", "tf"], "no checkpoint at"),
+    ]
+    for argv, message in cases:
+        code = main(["convert", *argv, "--out", str(out)])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip() and not _tf_log(line)]
+        assert code == 2 and len(lines) == 1 and message in lines[0], err
+        assert not out.exists()
+    out.mkdir()
+    (out / "best.tf").write_bytes(b"x")
+    assert main(["convert", str(best), "--to", "tf", "--out", str(out)]) == 2
+    assert "already holds best.tf" in capsys.readouterr().err
+    assert (out / "best.tf").read_bytes() == b"x"
