@@ -217,6 +217,7 @@ def preprocess(
     progress: bool | None = None,
     notify: Callable[[str], None] | None = None,
     extra_meta: dict | None = None,
+    sources: Sequence | None = None,
 ) -> PreprocessResult:
     """Build a store at ``out`` from raw files by ``spec`` (see the module docstring for the rules).
 
@@ -224,11 +225,16 @@ def preprocess(
     the same path fails at once; what killed runs left beside ``out`` is cleaned up first, and each
     action is passed to ``notify``. A file-system failure (disk full, read-only, …) becomes an
     :class:`OutputError` saying what was kept; the spill and the temporary store are removed.
-    ``progress=None`` shows bars on a terminal.
+    ``progress=None`` shows bars on a terminal. ``sources`` replaces ``raw`` with ready sources (a
+    join's output, :mod:`ctrkit.data.taobao`): objects with ``path``, ``size``, ``labeled`` and
+    ``blocks(block_bytes)`` like :class:`Source`.
     """
     started = time.perf_counter()
     bad_rows = BadRows()
-    jobs = _check_inputs(spec, raw, valid, test, bad_rows, options.strict)
+    if sources is not None:
+        jobs = [(source, "raw") for source in sources]
+    else:
+        jobs = _check_inputs(spec, raw, valid, test, bad_rows, options.strict)
     out = Path(out)
     _check_output(out, overwrite)
     try:
