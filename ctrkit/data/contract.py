@@ -3,7 +3,8 @@
 A batch (``docs/architecture.md``) is a dict of numpy arrays: ``label`` float32 ``[B]`` in {0, 1}
 (absent for unlabeled rows), ``sparse`` integer ``[B, n_sparse]`` with column ``j`` in
 ``[0, vocab_size_j)``, ``dense`` float32 ``[B, n_dense]`` finite, ``seq:<name>`` integer
-``[B, max_len]`` in ``[0, vocab_size of the shared field)``.
+``[B, max_len]`` in ``[0, vocab_size of the shared field)``, and optionally ``group`` int64 ``[B]``
+(a per-row group id, the user, for gAUC).
 
 :func:`check_batch` is called where rows enter ctrkit from outside the store's guarantees: the
 store writer before a chunk is committed (so no source format can smuggle a NaN label or an
@@ -39,6 +40,10 @@ def check_batch(batch: Mapping[str, np.ndarray], schema: Schema, where: str, *, 
         _check_labels(np.asarray(batch["label"]), rows, where)
     elif require_label:
         raise ContractError(f"{where}: no 'label' column")
+    if "group" in batch:
+        group = np.asarray(batch["group"])
+        if group.shape != (rows,) or not np.issubdtype(group.dtype, np.integer):
+            raise ContractError(f"{where}: 'group' must be integer ids of shape ({rows},), got {group.dtype} {group.shape}")
     sparse_fields = schema.sparse
     if sparse_fields or "sparse" in batch:
         sparse = _column(batch, "sparse", where, (rows, len(sparse_fields)))
@@ -51,7 +56,7 @@ def check_batch(batch: Mapping[str, np.ndarray], schema: Schema, where: str, *, 
         ids = _column(batch, key, where, (rows, field.max_len))
         vocab = schema[field.shares].vocab_size
         _check_ids(ids, np.full(field.max_len, vocab, dtype=np.int64), [field.name] * field.max_len, where)
-    unknown = sorted(set(batch) - {"label", "sparse", "dense"} - {f"seq:{f.name}" for f in schema.sequence})
+    unknown = sorted(set(batch) - {"label", "sparse", "dense", "group"} - {f"seq:{f.name}" for f in schema.sequence})
     if unknown:
         raise ContractError(f"{where}: unknown column(s) {unknown}; the schema has no such fields")
 

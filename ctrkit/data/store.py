@@ -284,11 +284,14 @@ class _ChunkContract:
             check_batch(arrays, self.schema, where)
 
     def holds(self, arrays: dict[str, np.ndarray]) -> bool:
-        if set(arrays) - {"label"} != self.keys:
+        if set(arrays) - {"label", "group"} != self.keys:
             return False
         sparse = arrays["sparse"]
         rows = len(sparse)
         if not self._layout(sparse, rows, len(self.sparse_limits), np.int32) or not _ids_within(sparse, self.sparse_limits):
+            return False
+        group = arrays.get("group")
+        if group is not None and (group.dtype != np.int64 or group.shape != (rows,)):
             return False
         label = arrays.get("label")
         if label is not None:
