@@ -409,3 +409,40 @@ def test_a_tf_config_cluster_is_refused(store, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="TF_CONFIG is set"):
         train_from_config(config(store, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisation, divergence
+# ---------------------------------------------------------------------------------------------
+def test_torch_default_init_redraws_only_the_dense_layers(store):
+    model, _ = build_tf_model("deepfm", store.schema, SMALL)
+    before = {name: v.numpy().copy() for name, (v, _) in model.torch_parameters().items()}
+    trainer = Trainer(model, TrainConfig(model="deepfm", framework="tf", init="torch_default", **SMALL))
+    trainer.prepare(store)
+    after = {name: v.numpy() for name, (v, _) in model.torch_parameters().items()}
+    redrawn = sorted(k for k in before if not np.array_equal(before[k], after[k]))
+    assert redrawn == sorted(k for k in before if k.startswith("dnn.layers.") and k.endswith(("weight", "bias")))
+    kernel = after["dnn.layers.0.weight"]  # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), not Xavier normal
+    bound = 1 / math.sqrt(kernel.shape[0])
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_finite_checkpoints(store, tmp_path):
+    from ctrkit.training.errors import TrainingDivergedError
+
+    cfg = config(store, tmp_path / "run", epochs=2, checkpoint_every=4)
+    model, _ = build_tf_model("deepfm", store.schema, cfg.hparams())
+    trainer = Trainer(model, cfg, schema=store.schema)
+
+    def poison(step):
+        if step == 6:
+            kernel = model.dnn.layers[0].kernel
+            kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+    trainer.step_hook = poison
+    with pytest.raises(TrainingDivergedError, match=r"training diverged: .* by epoch 1, step (7|8|10)") as info:
+        trainer.fit(store)
+    assert "\n" not in str(info.value) and "last.tf (epoch 1, step 4)" in str(info.value)
+    last = load_checkpoint(tmp_path / "run" / "last.tf")
+    assert last["progress"]["step"] == 4  # the last finite weights
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == "diverged"
