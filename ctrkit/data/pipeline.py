@@ -361,6 +361,7 @@ def _second_pass(spec, out, options, vocabularies, spill, split_labeled, meta, o
     """Encode the spilled tokens with the final vocabularies and write the store."""
     encoder = Encoder(vocabularies, [f.hash_buckets for f in spec.sparse])
     shared = [next(j for j, s in enumerate(spec.sparse) if s.name == f.shares) for f in spec.sequences]
+    group = next((j for j, f in enumerate(spec.sparse) if f.name == spec.group), None) if spec.group else None
     schema = schema_of(spec, vocabularies)
     total_rows = sum(rows for rows, _ in spill.blocks)
 
@@ -372,6 +373,8 @@ def _second_pass(spec, out, options, vocabularies, spill, split_labeled, meta, o
             columns["dense"] = block.dense
         for f, j, tokens in zip(spec.sequences, shared, block.sequences):
             columns[f"seq:{f.name}"] = encoder.encode_sequence(j, tokens)
+        if group is not None:
+            columns["group"] = np.ascontiguousarray(block.tokens[group], dtype=np.int64)
         return columns
 
     with StoreWriter(out, schema, chunk_rows=options.chunk_rows, overwrite=overwrite) as writer:

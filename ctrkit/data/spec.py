@@ -25,6 +25,8 @@ most have defaults)::
       - {name: genres, type: sequence, source: genres, max_len: 6, shares: genre}
       - {name: hist_cate, type: sequence, columns: [c1, c2, c3], padding: "0", max_len: 3, shares: item}
     split: {by: random, ratios: [8, 1, 1], seed: 2018}
+    group: user                       # optional: a categorical feature whose raw token is stored as
+                                      # the per-row `group` column (gAUC by user)
     # or {by: time, column: hour, valid_from: 14102900, test_from: 14103000}
     # or {by: files}: the raw files are all train; valid/test come from --valid/--test
 
@@ -64,7 +66,7 @@ _FEATURE_KEYS = {
     "sequence": _COMMON_KEYS | {"delimiter", "max_len", "shares", "order", "columns", "padding"},
     "vocabulary": {"name", "type", "min_count", "hash_buckets", "tokens"},
 }
-_TOP_KEYS = {"name", "label", "reader", "defaults", "features", "split", "description"}
+_TOP_KEYS = {"name", "label", "reader", "defaults", "features", "split", "description", "group"}
 _READER_KEYS = {"delimiter", "header", "columns", "quote"}
 _DEFAULT_KEYS = {"min_count"}
 _SPLIT_KEYS = {
@@ -170,6 +172,7 @@ class DatasetSpec:
     reader: Reader = Reader()
     origin: str = "<spec>"  # the file (or built-in name) it came from, for messages
     description: str = ""
+    group: str = ""  # a sparse feature whose raw token is each row's group id (gAUC); "" for none
 
     @property
     def sparse(self) -> tuple[Feature, ...]:
@@ -200,6 +203,7 @@ class DatasetSpec:
             "reader": reader,
             "features": [f.to_dict() for f in self.features],
             "split": self.split.to_dict(),
+            **({"group": self.group} if self.group else {}),
         }
 
 
@@ -259,6 +263,7 @@ def spec_from_dict(data: Any, origin: str = "<spec>") -> DatasetSpec:
         reader=reader,
         origin=origin,
         description=check.string(top.get("description", ""), "description", empty=True),
+        group=check.string(top.get("group", ""), "group", empty=True),
     )
     _check_references(check, spec)
     return spec
@@ -444,6 +449,8 @@ def _check_references(check: _Checker, spec: DatasetSpec) -> None:
     for name in names:
         if names.count(name) > 1:
             check.fail("features", f"duplicate feature name {name!r}")
+    if spec.group and spec.group not in {f.name for f in spec.features if f.type == "categorical"}:
+        check.fail("group", f"{spec.group!r} is not a categorical feature of this spec")
     if spec.label.column in names:
         check.fail("label", f"{spec.label.column!r} is also a feature name")
     sparse = {f.name: f for f in spec.sparse}

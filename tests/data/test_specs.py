@@ -113,3 +113,9 @@ def test_spec_round_trips_through_its_record():
         spec = load_spec(name)
         again = spec_from_dict(spec.to_dict(), origin="record")
         assert again.features == spec.features and again.label == spec.label and again.split == spec.split
+
+
+def test_group_names_a_categorical_feature(tmp_path):
+    assert spec_from_dict(spec_with(group="user")).group == "user"
+    assert "group: 'hist' is not a categorical feature" in error_of(spec_with(group="hist"), tmp_path)
+    assert "group: must be a string" in error_of(spec_with(group=3), tmp_path)
