@@ -214,3 +214,56 @@ def test_convert_bad_input_is_one_line_and_writes_nothing(planted, tmp_path, cap
     assert main(["convert", str(best), "--to", "tf", "--out", str(out)]) == 2
     assert "already holds best.tf" in capsys.readouterr().err
     assert (out / "best.tf").read_bytes() == b"x"
+
+
+# ---------------------------------------------------------------------------------------------
+# a real SIGTERM, then --resume: the weights of a run that was never interrupted
+# ---------------------------------------------------------------------------------------------
+#: `ctrkit train ARGS` whose TF trainer sends itself SIGTERM after step AT
+SIGTERM_DRIVER = """
+import os, signal, sys
+from ctrkit.tensorflow import trainer as trainer_module
+at, argv = int(sys.argv[1]), sys.argv[2:]
+original_init = trainer_module.Trainer.__init__
+
+def init(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    self.step_hook = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == at else None
+
+trainer_module.Trainer.__init__ = init
+from ctrkit.cli import main
+sys.exit(main(argv))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(planted, tmp_path):
+    import subprocess
+
+    from _train_helpers import PYTHON, ROOT
+    from safetensors.numpy import load_file
+
+    def train_args(save_dir: Path, *extra: str) -> list[str]:
+        return ["train", "--framework", "tf", "--model", "deepfm", "--data", str(planted.path), "--epochs", "1",
+                "--batch_size", "256", "--lr", "0.003", "--embed_size", "4", "--hidden_units", "16,16",
+                "--dropout", "0.2", "--batch_norm", "--threads", "1", "--log_every", "3",
+                "--model_save_dir", str(save_dir), *extra]
+
+    assert run_cli(*train_args(tmp_path / "whole")).returncode == 0
+    killed = subprocess.run([PYTHON, "-c", SIGTERM_DRIVER, "5", *train_args(tmp_path / "run")], capture_output=True,
+                            text=True, timeout=300, cwd=str(ROOT), start_new_session=True)
+    assert killed.returncode == 143, killed.stderr
+    lines = [line for line in killed.stderr.splitlines() if line.strip() and not _tf_log(line)]
+    assert lines[-1] == ("ctrkit train: interrupted by SIGTERM at epoch 1, step 5; last.tf saved; "
+                         "continue with --resume")
+    resumed = run_cli(*train_args(tmp_path / "run", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    for name in ("last.tf", "best.tf"):
+        expected, got = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "run" / name))
+        weights = [k for k in expected if k.startswith(("model/", "optimizer/", "extra/"))]
+        assert weights and set(weights) <= set(got)
+        assert all(np.array_equal(got[k], expected[k]) for k in weights), name
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    again = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert again["test"] == whole["test"] and again["best_valid"] == whole["best_valid"]
