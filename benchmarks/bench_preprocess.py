@@ -12,6 +12,10 @@ Linux carries across ``execve``), and interleaved over ``--repeats``:
 * **bare polars** -- a reference close to the CSV-parsing limit: read the whole file with polars,
   bucket/hex-decode the tokens, vocabularies (min-count 10) from the same random 80 %, encode
   with one left join per field, numpy arrays in memory. No validation, no spill, no store;
+* **generic CSV** -- the same rows as a comma-separated file with a header, through the generic
+  pipeline (``ctrkit preprocess table --spec``) with the spec a user would write without knowing
+  that C1..C26 are hex hashes: ``{name: C1}`` (string tokens), I1..I13 ``bars``. The CSV is made
+  from the TSV once (cached, not timed);
 * **parse floor** -- only ``pl.read_csv`` of the whole file into a typed frame (what both of
   the above start with), to show how much of the time is CSV parsing at all;
 * **per-row** -- the pattern of older CTR projects: Python reads the file line by line, counts
@@ -24,6 +28,12 @@ imports excluded; the parent's wall time including them is in the JSON). Target 
 
     /work/main/.venv/bin/python benchmarks/bench_preprocess.py                 # 1M and 4M rows
     /work/main/.venv/bin/python benchmarks/bench_preprocess.py --quick         # smoke test, < 1 min
+    /work/main/.venv/bin/python benchmarks/bench_preprocess.py --taobao 1e6,4e6,16e6   # Taobao join only
+
+``--taobao SIZES`` instead times ``ctrkit preprocess taobao`` on synthetic raw tables
+(``ctrkit synth taobao``) whose behaviour logs have about SIZES rows (200 behaviours per user,
+one impression per 10 behaviours), each in a fresh process with its peak RSS: the join must stay
+bounded by its buckets, not grow with the log.
 """
 
 from __future__ import annotations
@@ -45,10 +55,11 @@ TARGET_ROWS_PER_S = 500_000
 MIN_COUNT = 10
 SPLIT_SEED = 2018  # ctrkit's default split seed: bare polars draws the very same 80 % train rows
 TRAIN_FRACTION = 0.8
-CONTENDERS = ("ours", "bare", "parse", "per-row")
+CONTENDERS = ("ours", "csv", "bare", "parse", "per-row")
 LABELS = {
     "ours": "ours: preprocess_criteo -> store",
     "bare": "bare polars -> numpy (no store)",
+    "csv": "generic CSV (header, string tokens) -> store",
     "parse": "polars read_csv only (parse floor)",
     "per-row": "per-row Python + LMDB record/row",
     "imports": "python + imports only",
@@ -89,6 +100,43 @@ def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
     }
     store.close()
     return out
+
+
+GENERIC_SPEC = {
+    "name": "criteo_as_generic_csv",
+    "label": "label",
+    "defaults": {"min_count": MIN_COUNT},
+    "features": [{"name": f"I{i}", "type": "numeric", "transform": "bars"} for i in range(1, 14)]
+    + [{"name": f"C{i}"} for i in range(1, 27)],
+    "split": {"by": "random", "ratios": [8, 1, 1], "seed": SPLIT_SEED},
+}
+
+
+def worker_csv(args: argparse.Namespace) -> dict[str, Any]:
+    from ctrkit.data.pipeline import preprocess
+    from ctrkit.data.spec import spec_from_dict
+
+    spec = spec_from_dict(GENERIC_SPEC, origin="bench generic spec")
+    start = time.perf_counter()
+    result = preprocess(spec, [args.input], args.out, progress=False)
+    seconds = time.perf_counter() - start
+    vocab = sum(f.vocab_size for f in result.store.schema.fields if f.kind == "sparse")
+    result.store.close()
+    return {"seconds": seconds, "rows": result.rows_read, "vocab_ids": vocab}
+
+
+def worker_taobao(args: argparse.Namespace) -> dict[str, Any]:
+    from ctrkit.data.taobao import TaobaoTables, preprocess_taobao
+
+    root = Path(args.input)
+    tables = TaobaoTables(*(root / n for n in ("raw_sample.csv", "ad_feature.csv", "user_profile.csv", "behavior_log.csv")))
+    start = time.perf_counter()
+    result = preprocess_taobao(tables, args.out, progress=False)
+    seconds = time.perf_counter() - start
+    meta = result.store.meta["taobao"]
+    result.store.close()
+    return {"seconds": seconds, "rows": result.rows_read, "behaviours": meta["behaviours_joined"], "buckets": meta["buckets"],
+            "log_bytes": (root / "behavior_log.csv").stat().st_size}
 
 
 def worker_profile(args: argparse.Namespace) -> dict[str, Any]:
@@ -282,6 +330,8 @@ WORKERS = {
     "imports": worker_imports,
     "ours": worker_ours,
     "bare": worker_bare,
+    "csv": worker_csv,
+    "taobao": worker_taobao,
     "parse": worker_parse,
     "per-row": worker_per_row,
     "profile": worker_profile,
@@ -326,6 +376,67 @@ def synthetic_file(workdir: Path, rows: int, seed: int) -> tuple[Path, float | N
     return path, time.perf_counter() - start
 
 
+def csv_file(tsv: Path) -> Path:
+    """The same rows as ``tsv`` as a CSV with a header (cached beside it; not timed)."""
+    path = tsv.with_suffix(".csv")
+    if not path.is_file():
+        import polars as pl
+
+        names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+        frame = pl.read_csv(tsv, separator="\t", has_header=False, new_columns=names, infer_schema=False, quote_char=None)
+        frame.write_csv(path)
+    return path
+
+
+def taobao_tables(workdir: Path, behaviours: int, seed: int) -> Path:
+    """Synthetic raw Taobao tables with about ``behaviours`` log rows (cached)."""
+    from ctrkit.data.synthetic_taobao import TaobaoSizes, write_synthetic_taobao
+
+    root = workdir / f"synth-taobao-{behaviours}-seed{seed}"
+    if not (root / "behavior_log.csv").is_file():
+        users = max(10, behaviours // 200)
+        sizes = TaobaoSizes(impressions=max(100, behaviours // 10), users=users, ads=max(100, users // 2),
+                            categories=max(20, users // 50), behaviours_per_user=200)
+        write_synthetic_taobao(root, seed, sizes)
+    return root
+
+
+def run_taobao(args: argparse.Namespace) -> int:
+    machine = common.machine_info()
+    print(common.describe_machine(machine))
+    scratch = common.make_scratch(args.workdir, "bench-taobao-")
+    results = {}
+    try:
+        for size in args.taobao:
+            root = taobao_tables(args.workdir, size, args.seed)
+            runs = []
+            for _ in range(args.repeats):
+                out = scratch / f"taobao-{size}.lmdb"
+                common.remove_tree(out)
+                runs.append(run_worker("taobao", input=root, out=out))
+                common.remove_tree(out)
+                r = runs[-1]
+                print(f"  log {r['behaviours']:>12,} behaviours ({r['log_bytes'] / 2**20:,.0f} MiB, {r['buckets']} bucket(s)), "
+                      f"{r['rows']:,} impressions: {r['seconds']:.2f} s, {r['rows'] / r['seconds']:,.0f} impressions/s, "
+                      f"{r['behaviours'] / r['seconds']:,.0f} behaviours/s, peak RSS {r['peak_rss_mb']:,.0f} MB", flush=True)
+            results[str(size)] = {**summarize(runs), "behaviours": runs[0]["behaviours"], "log_bytes": runs[0]["log_bytes"],
+                                  "buckets": runs[0]["buckets"]}
+    finally:
+        common.remove_tree(scratch)
+    headers = ["log rows", "log MiB", "buckets", "impressions", "median s", "impressions/s", "behaviours/s", "peak RSS MB", "anon MB"]
+    table = [[f"{r['behaviours']:,}", f"{r['log_bytes'] / 2**20:,.0f}", str(r["buckets"]), f"{r['rows']:,}", f"{r['median_seconds']:.2f}",
+              common.format_count(r["median_rows_per_s"]), common.format_count(r["behaviours"] / r["median_seconds"]),
+              f"{r['median_peak_rss_mb']:,.0f}", f"{r['median_peak_anon_mb']:,.0f}"] for r in results.values()]
+    print()
+    print(common.format_table(headers, table, align="rrrrrrrrr"))
+    load_end = common.loadavg()
+    payload = {**common.run_header("preprocess-taobao", machine, load_end),
+               "parameters": {"behaviours": args.taobao, "repeats": args.repeats, "synthetic_seed": args.seed}, "results": results}
+    path = common.write_json(args.json.with_name("preprocess-taobao.json") if args.json else args.workdir / "preprocess-taobao.json", payload)
+    print(f"\nwrote {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
@@ -352,6 +463,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-per-row", action="store_true", help="skip the per-row baseline")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare polars reference")
     parser.add_argument("--no-parse", action="store_true", help="skip the read_csv-only parse floor")
+    parser.add_argument("--no-csv", action="store_true", help="skip the generic CSV contender")
+    parser.add_argument("--taobao", type=parse_sizes, default=None, metavar="SIZES",
+                        help="instead: time `preprocess taobao` on synthetic tables with about SIZES behaviour-log rows")
     parser.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR, help="cache of inputs and temporary stores (default benchmarks/out/)")
     parser.add_argument("--json", type=Path, default=None, help="result file (default <workdir>/preprocess.json, preprocess-quick.json with --quick)")
     parser.add_argument("--profile", action="store_true", help="also cProfile preprocess_criteo on the first size and print the top functions")
@@ -403,10 +517,12 @@ def main(argv: list[str] | None = None) -> int:
         result.update(sampler.peaks())  # RssAnon / RssFile peaks (sampled)
         print(json.dumps(result))
         return 0
+    if args.taobao:
+        return run_taobao(args)
 
     machine = common.machine_info()
     print(common.describe_machine(machine))
-    skipped = {"bare": args.no_bare, "parse": args.no_parse, "per-row": args.no_per_row}
+    skipped = {"bare": args.no_bare, "parse": args.no_parse, "per-row": args.no_per_row, "csv": args.no_csv}
     contenders = [c for c in CONTENDERS if not skipped.get(c, False)]
     print(
         f"sizes {', '.join(f'{n:,}' for n in args.rows)} rows; {args.repeats} interleaved runs of {', '.join(contenders)}; "
@@ -434,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
                     limit = min(args.per_row_rows, rows) if name == "per-row" else 0
                     if name in ("bare", "parse"):
                         out = None
-                    runs[name].append(run_worker(name, input=inputs[rows], out=out, limit=limit))
+                    source = csv_file(inputs[rows]) if name == "csv" else inputs[rows]
+                    runs[name].append(run_worker(name, input=source, out=out, limit=limit))
                     if out is not None and not (args.keep and repeat == args.repeats - 1):
                         common.remove_tree(out)
                     last = runs[name][-1]
@@ -448,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
                 ours, bare = results[str(rows)]["ours"], results[str(rows)]["bare"]
                 ours["ratio_vs_bare"] = ours["median_rows_per_s"] / bare["median_rows_per_s"]
                 ours["same_vocabulary_as_bare"] = ours["vocab_kept"] == bare["vocab_kept"]
+            if "bare" in runs and "csv" in runs:
+                results[str(rows)]["csv"]["ratio_vs_bare"] = results[str(rows)]["csv"]["median_rows_per_s"] / results[str(rows)]["bare"]["median_rows_per_s"]
             if "ours" in runs:
                 ours = results[str(rows)]["ours"]
                 ours["meets_500k_rows_per_s"] = ours["median_rows_per_s"] >= TARGET_ROWS_PER_S
@@ -509,6 +628,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{rows:>10,} rows: ours {ours['median_rows_per_s']:,.0f} rows/s, target >= 500k: "
                 f"{'met' if ours['meets_500k_rows_per_s'] else 'MISSED'}{extra}"
             )
+            if "ratio_vs_bare" in ours:
+                print(f"{rows:>10,} rows: Criteo path {ours['ratio_vs_bare']:.2f}x bare polars (target >= 0.85x: "
+                      f"{'met' if ours['ratio_vs_bare'] >= 0.85 else 'MISSED'})")
+            generic = results[str(rows)].get("csv", {})
+            if "ratio_vs_bare" in generic:
+                print(f"{rows:>10,} rows: generic CSV {generic['median_rows_per_s']:,.0f} rows/s, {generic['ratio_vs_bare']:.2f}x bare polars "
+                      f"(target >= 0.6x: {'met' if generic['ratio_vs_bare'] >= 0.6 else 'MISSED'})")
         if len(args.rows) > 1:
             small, large = args.rows[0], args.rows[-1]
             a, b = results[str(small)]["ours"], results[str(large)]["ours"]
