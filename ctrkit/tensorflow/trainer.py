@@ -772,6 +772,9 @@ def fit_from_config(config: TrainConfig, store: Store, *, warn: Callable[[str], 
     warning = set_threads(config.threads)
     if warning and warn is not None:
         warn(warning)
+    if config.num_workers and warn is not None:
+        warn(f"warning: --num_workers {config.num_workers} is ignored with --framework tf: a tf.data thread of "
+             "this process reads the store ahead of the steps")
     strategy = make_strategy(config.gpu_ids, config.cpu_processes)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError(f"--batch_size {config.batch_size} must be divisible by the number of replicas "
