@@ -121,7 +121,8 @@ def test_parameter_groups_are_torchs(name):
     from ctrkit.pytorch.trainer import parameter_groups as torch_parameter_groups
     from ctrkit.schema import Field, Schema
 
-    schema = Schema((Field("C1", "sparse", vocab_size=5), Field("C2", "sparse", vocab_size=7), Field("I1", "dense")))
+    schema = Schema((Field("C1", "sparse", vocab_size=5), Field("C2", "sparse", vocab_size=7), Field("I1", "dense"),
+                     Field("H", "sequence", max_len=3, shares="C2")))  # DIN and DIEN need one
     torch_model, _ = build_torch_model(name, schema, SMALL)
     tf_model, _ = build_tf_model(name, schema, SMALL)
     names = {id(p): n for n, p in torch_model.named_parameters()}
