@@ -21,7 +21,18 @@ def kaggle_store(tmp_path_factory):
     return store
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [name for name, info in MODELS.items() if info.needs_sequence])
+def test_sequence_models_refuse_criteo_rows_in_one_line(name, kaggle_store, tmp_path, capsys):
+    """DIN and DIEN need a behaviour sequence; a Criteo store has none: exit 2, one line, no run directory."""
+    code = main(["train", "--model", name, "--data", str(kaggle_store), "--epochs", "1",
+                 "--model_save_dir", str(tmp_path / name)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "needs a store with at least one sequence field" in err
+    assert not (tmp_path / name / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("name", [name for name, info in MODELS.items() if not info.needs_sequence])
 def test_ctrkit_train_on_real_criteo_rows(name, kaggle_store, kaggle_test_unlabeled, tmp_path, capsys):
     save_dir = tmp_path / name
     code = main(["train", "--model", name, "--data", str(kaggle_store), "--epochs", "2", "--batch_size", "1024",
