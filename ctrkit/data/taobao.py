@@ -20,7 +20,8 @@ one streaming polars pass validates it, drops users without impressions and writ
 ``buckets`` Parquet partitions by ``user % buckets``, beside the store (impressions likewise);
 then each bucket's behaviours (about ``log size / buckets``) are loaded, sorted by (user, time),
 and each impression's history is a ``searchsorted`` of its (user, time) in them. The bucket count
-defaults to one per 256 MB of behaviour log.
+defaults to one per 128 MB of behaviour log (or 32 MB of raw_sample, if more), and histories are
+gathered 65,536 impressions at a time.
 
 **Bad input** is a one-line error naming the file, line and column, before anything is written:
 a non-integer or implausible (before 2000 or after 2100) ``time_stamp``, a non-integer user or
@@ -54,7 +55,8 @@ DAY = 86_400
 UTC8 = 8 * 3600
 TRAIN_DAYS = 7  # the protocol's train days; the last of them is our valid split
 TIME_RANGE = (946_684_800, 4_102_444_800)  # 2000-01-01 .. 2100-01-01
-BUCKET_LOG_BYTES = 256 << 20
+BUCKET_LOG_BYTES = 128 << 20
+BUCKET_SAMPLE_BYTES = 32 << 20
 BLOCK_ROWS = 65_536
 SEQUENCES = ("hist_btag", "hist_cate", "hist_brand")
 _COLUMNS = {
@@ -170,7 +172,8 @@ def stage(tables: TaobaoTables, directory: Path, buckets: int | None = None,
         except InputError as exc:
             raise InputError(f"{_FLAGS[table]}: {exc}") from None
     log_bytes = paths["behavior_log"].stat().st_size
-    buckets = buckets or max(1, math.ceil(log_bytes / BUCKET_LOG_BYTES))
+    sample_bytes = paths["raw_sample"].stat().st_size
+    buckets = buckets or max(1, math.ceil(log_bytes / BUCKET_LOG_BYTES), math.ceil(sample_bytes / BUCKET_SAMPLE_BYTES))
 
     ads = _scan(paths["ad_feature"], "ad_feature")
     _check(paths["ad_feature"], ads, [_id_check("adgroup_id")])
@@ -228,33 +231,43 @@ def _bucket_files(directory: Path, bucket: int) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 # Histories of one bucket
 # ---------------------------------------------------------------------------------------------
-def histories(log: pl.DataFrame, users: np.ndarray, times: np.ndarray, max_len: int) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
-    """Each impression's last ``max_len`` behaviours strictly before its time.
+class History:
+    """One bucket's behaviours sorted by (user, time), to look up each impression's history."""
 
-    Returns ``({"hist_btag"|"hist_cate"|"hist_brand": int64 tokens [n, max_len]}, index [n, max_len]
-    into ``log`` (-1 = padding), rows truncated)``; items are left-padded with
-    :data:`~ctrkit.data.tokens.PADDING`, the most recent last.
-    """
-    order = np.lexsort((log.get_column("time_stamp").to_numpy(), log.get_column("user").to_numpy()))
-    b_user = log.get_column("user").to_numpy()[order].astype(np.int64)
-    b_time = log.get_column("time_stamp").to_numpy()[order].astype(np.int64)
-    key = (b_user << 32) + b_time
-    end = np.searchsorted(key, (users.astype(np.int64) << 32) + times.astype(np.int64), side="left")  # strictly before
-    first = np.searchsorted(b_user, users.astype(np.int64), side="left")
-    available = end - first
-    positions = end[:, None] - max_len + np.arange(max_len)[None, :]  # (n, L): oldest .. most recent
-    valid = positions >= first[:, None]
-    index = np.where(valid, order[np.clip(positions, 0, max(len(order) - 1, 0))] if len(order) else -1, -1)
-    tokens = {
-        "hist_btag": tk.string_tokens(log.get_column("btag"), 64).fill_null(tk.MISSING).to_numpy(),
-        "hist_cate": log.get_column("cate").fill_null(tk.MISSING).to_numpy(),
-        "hist_brand": log.get_column("brand").fill_null(tk.MISSING).to_numpy(),
-    }
-    out = {}
-    for name, values in tokens.items():
-        values = values.astype(np.int64)
-        out[name] = np.where(index >= 0, values[np.maximum(index, 0)] if len(values) else tk.PADDING, tk.PADDING)
-    return out, index, int((available > max_len).sum())
+    def __init__(self, log: pl.DataFrame):
+        order = np.lexsort((log.get_column("time_stamp").to_numpy(), log.get_column("user").to_numpy()))
+        self.user = log.get_column("user").to_numpy()[order].astype(np.int64)
+        self.key = (self.user << 32) + log.get_column("time_stamp").to_numpy()[order].astype(np.int64)
+        self.tokens = {
+            "hist_btag": tk.string_tokens(log.get_column("btag"), 64).fill_null(tk.MISSING).to_numpy()[order].astype(np.int64),
+            "hist_cate": log.get_column("cate").fill_null(tk.MISSING).to_numpy()[order].astype(np.int64),
+            "hist_brand": log.get_column("brand").fill_null(tk.MISSING).to_numpy()[order].astype(np.int64),
+        }
+        self.order = order
+
+    def lookup(self, users: np.ndarray, times: np.ndarray, max_len: int) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+        """Each impression's last ``max_len`` behaviours strictly before its time.
+
+        Returns ``({"hist_btag"|"hist_cate"|"hist_brand": int64 tokens [n, max_len]}, index [n, max_len]
+        into the bucket's log rows (-1 = padding), rows truncated)``; items are left-padded with
+        :data:`~ctrkit.data.tokens.PADDING`, the most recent last.
+        """
+        users = users.astype(np.int64)
+        end = np.searchsorted(self.key, (users << 32) + times.astype(np.int64), side="left")  # strictly before
+        first = np.searchsorted(self.user, users, side="left")
+        positions = end[:, None] - max_len + np.arange(max_len)[None, :]  # (n, L): oldest .. most recent
+        valid = positions >= first[:, None]
+        positions = np.where(valid, positions, 0)
+        out = {}
+        for name, values in self.tokens.items():
+            out[name] = np.where(valid, values[positions], tk.PADDING) if len(values) else np.full(valid.shape, tk.PADDING)
+        index = np.where(valid, self.order[positions], -1) if len(self.order) else np.full(valid.shape, -1)
+        return out, index, int((end - first > max_len).sum())
+
+
+def histories(log: pl.DataFrame, users: np.ndarray, times: np.ndarray, max_len: int) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """:meth:`History.lookup` over ``log`` (one bucket, or a whole small log)."""
+    return History(log).lookup(users, times, max_len)
 
 
 class TaobaoSource:
@@ -284,16 +297,15 @@ class TaobaoSource:
             log_files = _bucket_files(staged.directory / "behaviours", bucket)
             log = pl.read_parquet(log_files) if log_files else pl.DataFrame(
                 schema={"user": pl.Int64, "time_stamp": pl.Int64, "btag": pl.String, "cate": pl.Int64, "brand": pl.Int64})
-            sequences, _, truncated = histories(log, impressions.get_column("user").to_numpy(),
-                                                impressions.get_column("time_stamp").to_numpy(), self.max_len)
+            history = History(log)
             del log
-            for start in range(0, impressions.height, BLOCK_ROWS):
+            for start in range(0, impressions.height, BLOCK_ROWS):  # histories block by block: memory per block
                 rows = impressions.slice(start, BLOCK_ROWS)
                 parsed = self._parse(rows)
-                stop = start + rows.height
-                parsed.sequences = {name: sequences[name][start:stop] for name in SEQUENCES}
-                # counted once per bucket, on its first block
-                parsed.truncated = {name: (truncated if start == 0 else 0) for name in SEQUENCES}
+                sequences, _, truncated = history.lookup(rows.get_column("user").to_numpy(),
+                                                         rows.get_column("time_stamp").to_numpy(), self.max_len)
+                parsed.sequences = {name: sequences[name] for name in SEQUENCES}
+                parsed.truncated = {name: truncated for name in SEQUENCES}
                 yield rows.height, self.size * rows.height // max(1, staged.impressions), parsed
 
     def _parse(self, rows: pl.DataFrame) -> ParsedBlock:
