@@ -183,7 +183,9 @@ def _taobao_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--behavior-log", required=True, help="behavior_log.csv (user,time_stamp,btag,cate,brand)")
     parser.add_argument("--max-seq-len", type=int, default=50, help="behaviours kept per impression (default 50)")
     parser.add_argument("--min-count", type=int, default=1, help="tokens seen fewer times in train → OOV (default 1)")
-    parser.add_argument("--memory-limit", default="4GB", help="memory budget of the join engine (default 4GB)")
+    parser.add_argument("--buckets", type=int, help="user buckets the join works in (default: one per 128 MB of log)")
+    parser.add_argument("--joined-out", metavar="PARQUET",
+                        help="also write the joined rows (with |-joined histories) here: what `ctrkit predict` scores")
 
 
 def _build_taobao(args: argparse.Namespace):
@@ -192,7 +194,7 @@ def _build_taobao(args: argparse.Namespace):
     tables = TaobaoTables(args.raw_sample, args.ad_feature, args.user_profile, args.behavior_log)
     return preprocess_taobao(tables, args.out, max_seq_len=args.max_seq_len, min_count=args.min_count,
                              strict=args.strict, chunk_rows=args.chunk_rows, overwrite=args.overwrite,
-                             memory_limit=args.memory_limit, notify=_notify)
+                             buckets=args.buckets, joined_out=args.joined_out, notify=_notify)
 
 
 DATASETS: dict[str, Dataset] = {

@@ -270,13 +270,33 @@ def histories(log: pl.DataFrame, users: np.ndarray, times: np.ndarray, max_len: 
     return History(log).lookup(users, times, max_len)
 
 
+def _raw_items(log: pl.DataFrame) -> dict[str, np.ndarray]:
+    """The log's btag/cate/brand as text, for the joined rows (a missing value: empty)."""
+    return {name: log.get_column(column).cast(pl.String).fill_null("").to_numpy()
+            for name, column in zip(SEQUENCES, ("btag", "cate", "brand"))}
+
+
+def _joined_lists(raw_items: dict[str, np.ndarray], index: np.ndarray) -> list[pl.Series]:
+    """``|``-joined histories (oldest first) of each row, from indices into the log (-1: none)."""
+    valid = index >= 0
+    rows = np.repeat(np.arange(len(index)), valid.sum(axis=1))
+    out = []
+    for name, values in raw_items.items():
+        items = pl.DataFrame({"row": rows, "item": values[index[valid]] if len(values) else np.zeros(0, str)})
+        joined = items.group_by("row", maintain_order=True).agg(pl.col("item").str.join("|"))
+        full = pl.DataFrame({"row": np.arange(len(index))}).join(joined, on="row", how="left", maintain_order="left")
+        out.append(full.get_column("item").fill_null("").alias(name))
+    return out
+
+
 class TaobaoSource:
     """The staged buckets as parsed blocks for the pipeline (a :class:`~ctrkit.data.pipeline.Source`)."""
 
     labeled = True
 
-    def __init__(self, staged: Staged, spec: DatasetSpec, raw_sample: Path):
+    def __init__(self, staged: Staged, spec: DatasetSpec, raw_sample: Path, joined_parts: Path | None = None):
         self.staged = staged
+        self.joined_parts = joined_parts  # where to write the joined rows, one Parquet file per block
         self.spec = spec
         self.path = raw_sample
         self.max_len = spec.feature("hist_cate").max_len
@@ -298,13 +318,17 @@ class TaobaoSource:
             log = pl.read_parquet(log_files) if log_files else pl.DataFrame(
                 schema={"user": pl.Int64, "time_stamp": pl.Int64, "btag": pl.String, "cate": pl.Int64, "brand": pl.Int64})
             history = History(log)
+            raw_items = _raw_items(log) if self.joined_parts is not None else None
             del log
             for start in range(0, impressions.height, BLOCK_ROWS):  # histories block by block: memory per block
                 rows = impressions.slice(start, BLOCK_ROWS)
                 parsed = self._parse(rows)
-                sequences, _, truncated = history.lookup(rows.get_column("user").to_numpy(),
+                sequences, index, truncated = history.lookup(rows.get_column("user").to_numpy(),
                                                          rows.get_column("time_stamp").to_numpy(), self.max_len)
                 parsed.sequences = {name: sequences[name] for name in SEQUENCES}
+                if raw_items is not None:
+                    joined = rows.drop("line").with_columns(_joined_lists(raw_items, index))
+                    joined.write_parquet(self.joined_parts / f"{bucket:06d}-{start:012d}.parquet")
                 parsed.truncated = {name: truncated for name in SEQUENCES}
                 yield rows.height, self.size * rows.height // max(1, staged.impressions), parsed
 
@@ -333,13 +357,16 @@ def preprocess_taobao(
     strict: bool = False,
     chunk_rows: int = 65_536,
     overwrite: bool = False,
-    memory_limit: str | None = None,
     buckets: int | None = None,
+    joined_out: str | os.PathLike | None = None,
     progress: bool | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> pipeline.PreprocessResult:
-    """Build a store at ``out`` from the four raw tables (see the module docstring)."""
-    del memory_limit  # the buckets bound memory; kept for the command line's compatibility
+    """Build a store at ``out`` from the four raw tables (see the module docstring).
+
+    ``joined_out``: also write the joined rows (the ``taobao`` spec's columns, histories
+    ``|``-joined) to this Parquet file, in store-building order: ``ctrkit predict`` scores them.
+    """
     spec = taobao_spec(max_seq_len, min_count)
     out = Path(out)
     pipeline._check_output(out, overwrite)
@@ -349,13 +376,23 @@ def preprocess_taobao(
     try:
         staged = stage(tables, work, buckets, notify)
         spec = replace(spec, split=time_split(staged.first_time))
-        source = TaobaoSource(staged, spec, Path(tables.raw_sample))
-        return pipeline.preprocess(
+        parts = None
+        if joined_out is not None:
+            parts = work / "joined"
+            parts.mkdir()
+        source = TaobaoSource(staged, spec, Path(tables.raw_sample), parts)
+        result = pipeline.preprocess(
             spec, [], out, pipeline.PipelineOptions(strict=strict, chunk_rows=chunk_rows), overwrite=overwrite,
             progress=progress, notify=notify, sources=[source],
             extra_meta={"taobao": {"tables": {k: str(v) for k, v in tables.paths().items()}, "buckets": staged.buckets,
                                    "impressions": staged.impressions, "behaviours_joined": staged.behaviours,
                                    "split": "days 1-6 train, day 7 valid, day 8 test (UTC+8)"}},
         )
+        if parts is not None:
+            from ctrkit.fileio import atomic_output
+
+            with atomic_output(joined_out, "wb") as handle:
+                pl.scan_parquet(sorted(parts.glob("*.parquet"))).sink_parquet(handle)
+        return result
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -138,3 +138,32 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path, capsys, table, lin
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{tmp_path / table}:{line}: " in err[0] and message in err[0], err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".s.lmdb")]
+
+
+@pytest.mark.slow
+def test_joined_rows_encode_like_the_store_and_predict_from_the_checkpoint(synth, tmp_path):
+    from ctrkit.config import TrainConfig
+    from ctrkit.data.encoder import copy_encoder_to_run_dir
+    from ctrkit.data.pipeline import iter_raw_batches
+    from ctrkit.pytorch.trainer import train_from_config
+
+    joined = tmp_path / "joined.parquet"
+    result = preprocess_taobao(tables(synth), tmp_path / "s.lmdb", max_seq_len=10, buckets=1, joined_out=joined, progress=False)
+    store = result.store
+    rows = pl.read_parquet(joined)
+    assert rows.height == 3000 and rows.columns[-3:] == ["hist_btag", "hist_cate", "hist_brand"]
+    split = store.meta["encoder"]["spec"]["split"]
+    batches = list(iter_raw_batches(joined, store, batch_rows=10_000))
+    encoded = {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+    in_test = rows["time_stamp"].to_numpy() >= split["test_from"]
+    stored = store.read_split("test")
+    for key in ("label", "sparse", "dense", "seq:hist_btag", "seq:hist_cate", "seq:hist_brand"):
+        np.testing.assert_array_equal(encoded[key][in_test], stored[key], err_msg=key)
+
+    save_dir = tmp_path / "run"
+    train_from_config(TrainConfig(model="lr", data=str(store.path), epochs=1, batch_size=512, threads=1, model_save_dir=str(save_dir)))
+    copy_encoder_to_run_dir(store.path, save_dir)
+    scores = tmp_path / "scores.csv"
+    assert main(["predict", str(save_dir), str(joined), "--out", str(scores)]) == 0
+    probs = np.loadtxt(scores)
+    assert probs.shape == (3000,) and ((probs > 0) & (probs < 1)).all()
