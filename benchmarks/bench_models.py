@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Training speed, memory and AUC of ctrkit's CTR models against DeepCTR-Torch, torch-rechub and
-DeepCTR (TensorFlow), side by side on the same encoded rows.
+"""Training speed, memory and AUC of ctrkit's CTR models (PyTorch and TensorFlow) against DeepCTR-Torch,
+torch-rechub, DeepCTR (TensorFlow) and FuxiCTR, side by side on the same encoded rows.
 
 Protocol (the issue's): synthetic Criteo rows (``write_synthetic_criteo``) preprocessed into a store
 (39 sparse fields, BARS tokens, 8:1:1 split); every contender trains one epoch on the same train
@@ -16,6 +16,14 @@ AUC and logloss of every contender are computed here, by one function, from the 
 * ``ours-fp32-rechub`` (only when asked for): torch-rechub's whole recipe -- ``BatchNorm1d`` in the
   DNN and ``--init torch_default`` (PyTorch's default initialisation of the Linear layers instead of
   our Xavier normal); together they explain torch-rechub's higher one-epoch AUC.
+* ``ours-tf-fp32``/``ours-tf-bf16``: ``ctrkit.tensorflow.trainer.Trainer`` the way ``ctrkit train
+  --framework tf`` runs it (``peers/run_ours_tf.py``; bf16 = Keras ``mixed_bfloat16``); its rate is
+  the trainer's own and includes the tracing of the compiled step (``steady`` excludes it).
+* the newer models (``--models dcnv2,fibinet,onn,onn-inner``): DCN-V2 full-rank, parallel, 3 cross
+  layers; FiBiNET ``field_interaction``, reduction 3; ONN with Hadamard pair products (``onn``, the
+  only ONN of DeepCTR and DeepCTR-Torch) or inner products plus the copy embeddings (``onn-inner``,
+  ours by default and FuxiCTR's); all with the common embedding 16 and DNN (400, 400, 400). Which
+  library builds what: ``MISSING``; how each maps the recipe: the runners' docstrings.
 * peers: the store's train split is dumped to ``.npy`` in the trainer's epoch-0 order and each peer
   gets the same rows and the same vocabulary sizes (see ``benchmarks/peers/run_*.py`` for how each
   library is driven; torch-rechub gets whole-batch loading, its best case).
@@ -65,23 +73,34 @@ BENCH_DIR = Path(__file__).resolve().parent
 PEERS_DIR = BENCH_DIR / "peers"
 REPO = BENCH_DIR.parent
 DEFAULT_PEERS_PYTHON = BENCH_DIR / ".peers-venv" / "bin" / "python"
+DEFAULT_FUXICTR_ZOO = BENCH_DIR / ".peers-venv" / "FuxiCTR" / "model_zoo"
 
-MODELS = ("deepfm", "dcn", "xdeepfm", "autoint+")
-CONTENDERS = ("ours-fp32", "ours-bf16", "deepctr-torch", "torch-rechub", "deepctr-tf")
+MODELS = ("deepfm", "dcn", "xdeepfm", "autoint+", "dcnv2", "fibinet", "onn", "onn-inner")
+#: run when --models is not given (the three newer models are asked for by name)
+DEFAULT_MODELS = ("deepfm", "dcn", "xdeepfm", "autoint+")
+CONTENDERS = ("ours-fp32", "ours-bf16", "ours-tf-fp32", "ours-tf-bf16", "deepctr-torch", "torch-rechub",
+              "deepctr-tf", "fuxictr")
 #: not run by default: ours with BatchNorm1d in the DNN, the layout torch-rechub always uses
 EXTRA_CONTENDERS = ("ours-fp32-bn", "ours-fp32-rechub")
-PEERS = ("deepctr-torch", "torch-rechub", "deepctr-tf")
+PEERS = ("deepctr-torch", "torch-rechub", "deepctr-tf", "fuxictr")
 RUNNERS = {
     "ours-fp32": "run_ours.py",
     "ours-bf16": "run_ours.py",
     "ours-fp32-bn": "run_ours.py",
     "ours-fp32-rechub": "run_ours.py",
+    "ours-tf-fp32": "run_ours_tf.py",
+    "ours-tf-bf16": "run_ours_tf.py",
     "deepctr-torch": "run_deepctr_torch.py",
     "torch-rechub": "run_rechub.py",
     "deepctr-tf": "run_deepctr_tf.py",
+    "fuxictr": "run_fuxictr.py",
 }
 #: peers that do not implement a model
-MISSING = {("torch-rechub", "xdeepfm")}
+MISSING = {("torch-rechub", "xdeepfm"), ("torch-rechub", "onn"), ("torch-rechub", "onn-inner"),
+           ("deepctr-torch", "onn-inner"), ("deepctr-tf", "onn-inner"), ("fuxictr", "onn")}
+MISSING |= {("fuxictr", m) for m in ("deepfm", "dcn", "xdeepfm", "autoint+")}  # run_fuxictr.py has the new three
+#: benchmark models that are a registry model with other settings
+REGISTRY_MODEL = {"onn-inner": "onn"}
 
 COMMON_HPARAMS = {"embed_size": 16, "hidden_units": [400, 400, 400], "dropout": 0.0, "batch_norm": False}
 MODEL_HPARAMS = {
@@ -91,10 +110,22 @@ MODEL_HPARAMS = {
     # 2 heads of d' = 8 = embed_size / heads: the only AutoInt shape torch-rechub and DeepCTR-Torch
     # build (they split the embedding into the heads); DeepCTR-TF and ours take it as a parameter.
     "autoint+": {"attention_layers": 3, "num_heads": 2, "attention_dim": 8},
+    # DCN-V2: full-rank cross layers, cross network and DNN in parallel on x_0 (the paper's and
+    # FuxiCTR's default structure; DeepCTR's DCN with cross_parameterization="matrix").
+    "dcnv2": {"cross_layers": 3, "model_structure": "parallel", "use_low_rank_mixture": False},
+    # FiBiNET: SENET reduction 3, bilinear "field_interaction" (DeepCTR's "interaction")
+    "fibinet": {"reduction_ratio": 3, "bilinear_type": "field_interaction"},
+    # ONN with element-wise (Hadamard) pair products: the only ONN DeepCTR-Torch builds, and DeepCTR's
+    # with reduce_sum=False (ours: product="hadamard", FuxiCTR's ONNv2; "inner" is our default)
+    "onn": {"product": "hadamard"},
+    # ONN with inner products and the copy embeddings in the DNN: the paper's, our default, FuxiCTR's
+    "onn-inner": {"product": "inner"},
 }
 #: default cap on the training rows of a model, for every contender (same rows for the AUC):
 #: DeepCTR-Torch's xDeepFM runs ~2k rows/s, a full 400k-row epoch would take over 3 minutes.
-DEFAULT_ROW_CAPS = {"xdeepfm": 200_704}  # 49 batches of 4096
+#: FiBiNET's DNN input is F (F - 1) D = 23,712 wide and ONN's 741 D = 11,856 (+ 624 for ours):
+#: ~40-60 MFLOP per row forward and backward, a few thousand rows/s.
+DEFAULT_ROW_CAPS = {"xdeepfm": 200_704, "fibinet": 102_400, "onn": 200_704, "onn-inner": 200_704}  # 49 and 25 batches of 4096
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +190,7 @@ def run_contender(args: argparse.Namespace, contender: str, model: str, train_ro
     spec = {
         "contender": contender,
         "model": model,
+        "registry_model": REGISTRY_MODEL.get(model, model),
         "store": str(store),
         "data_dir": str(dump),
         "train_rows": train_rows,
@@ -166,12 +198,13 @@ def run_contender(args: argparse.Namespace, contender: str, model: str, train_ro
         "lr": 1e-3,
         "threads": args.threads,
         "seed": args.train_seed,
-        "precision": "bf16" if contender == "ours-bf16" else "fp32",
+        "precision": "bf16" if contender.endswith("-bf16") else "fp32",
         "hparams": {**COMMON_HPARAMS, **MODEL_HPARAMS[model],
                     **({"batch_norm": True} if contender.endswith(("-bn", "-rechub")) else {})},
         "init": "torch_default" if contender.endswith("-rechub") else "xavier_normal",
         "predictions": str(scratch / f"pred-{tag}.npy"),
         "tf_warmup": not args.no_tf_warmup,
+        "fuxictr_zoo": str(args.fuxictr_zoo),
     }
     spec_path = scratch / f"spec-{tag}.json"
     spec_path.write_text(json.dumps(spec, indent=1))
@@ -303,7 +336,8 @@ def parse_caps(text: str | None) -> dict[str, int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"comma-separated, of {', '.join(MODELS)} (default {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help=f"comma-separated, of {', '.join(CONTENDERS + EXTRA_CONTENDERS)} "
                              f"(default: all but {', '.join(EXTRA_CONTENDERS)})")
@@ -316,11 +350,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="runs per (model, contender), interleaved; median rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic rows")
     parser.add_argument("--train-seed", type=int, default=2018, help="seed of the training order and the models")
-    parser.add_argument("--skip-peers", action="store_true", help="run only ours-fp32 and ours-bf16")
+    parser.add_argument("--skip-peers", action="store_true", help="run only ours (torch and TF)")
     parser.add_argument("--peers-python", type=Path, default=DEFAULT_PEERS_PYTHON)
+    parser.add_argument("--fuxictr-zoo", type=Path, default=DEFAULT_FUXICTR_ZOO,
+                        help="model_zoo folder of a FuxiCTR checkout (default: the one make bench-peers makes)")
     parser.add_argument("--no-tf-warmup", action="store_true",
                         help="time DeepCTR-TF's first fit, graph tracing included (default: trace on two batches, "
                              "restore the initial weights and optimiser state, then time the epoch)")
+    parser.add_argument("--exclude", default="",
+                        help="MODEL:CONTENDER,...: pairs not to run (e.g. a peer too slow for the time at hand)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per contender run")
     parser.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR / "models")
     parser.add_argument("--json", type=Path, default=common.DEFAULT_WORKDIR / "models.json")
@@ -350,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(c in PEERS for c in contenders) and not args.peers_python.exists():
         raise SystemExit(f"no peers' python at {args.peers_python}; use --skip-peers or --peers-python")
     caps = parse_caps(args.row_caps)
+    excluded = {tuple(item.strip().lower().split(":", 1)) for item in args.exclude.split(",") if ":" in item}
     info = common.machine_info()
     print(common.describe_machine(info), flush=True)
 
@@ -364,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         train_rows = min(full_train, caps.get(model, full_train))
         if train_rows < full_train:
             train_rows = max(args.batch_size, train_rows // args.batch_size * args.batch_size)
-        mine = [c for c in contenders if (c, model) not in MISSING]
+        mine = [c for c in contenders if (c, model) not in MISSING and (model, c) not in excluded]
         plan.append((model, train_rows, mine, index))
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -398,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "batch_size": args.batch_size, "threads": args.threads, "lr": 1e-3, "optimizer": "Adam", "epochs": 1,
             "common_hparams": COMMON_HPARAMS, "model_hparams": MODEL_HPARAMS, "row_caps": caps,
-            "repeats": args.repeats, "train_seed": args.train_seed,
+            "repeats": args.repeats, "train_seed": args.train_seed, "excluded": sorted(":".join(p) for p in excluded),
         },
         "summary": summary,
         "runs": runs,

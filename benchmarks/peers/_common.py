@@ -41,12 +41,19 @@ def build_deepctr_model(spec: dict[str, Any], rows: dict[str, Any], feature_clas
     """One of the benchmark's models from DeepCTR (TF) or DeepCTR-Torch, whose APIs are the same.
 
     ``feature_class`` is the library's ``SparseFeat``; ``models`` maps ``DeepFM``, ``DCN``,
-    ``xDeepFM`` and ``AutoInt`` to its classes; ``library_kwargs`` go to every model (e.g. the
-    device), except ``autoint_kwargs``, which go to AutoInt only (DeepCTR's AutoInt takes
-    ``att_embedding_size`` and ``l2_reg_linear``, DeepCTR-Torch's neither). No L2, no dropout.
+    ``xDeepFM``, ``AutoInt``, ``DCNMix``, ``FiBiNET`` and ``ONN`` to its classes; ``library_kwargs``
+    go to every model (e.g. the device), except ``autoint_kwargs``, which go to AutoInt only
+    (DeepCTR's AutoInt takes ``att_embedding_size`` and ``l2_reg_linear``, DeepCTR-Torch's neither),
+    and ``onn_kwargs``, to ONN only (DeepCTR's ``use_bn``/``reduce_sum``). No L2, no dropout.
+
+    DCN-V2 is DeepCTR's ``DCN`` with ``cross_parameterization="matrix"`` (full-rank ``W_l``; parallel
+    structure) or ``DCNMix`` (the low-rank mixture); ONN is DeepCTR's NFFM-style ONN: Hadamard pair
+    products of the operation-aware embeddings into the DNN. DeepCTR's DCN, FiBiNET and ONN add a
+    first-order (linear) logit; ours has one in FiBiNET only.
     """
     hp = spec["hparams"]
     autoint_kwargs = library_kwargs.pop("autoint_kwargs", {})
+    onn_kwargs = library_kwargs.pop("onn_kwargs", {})
     features = [feature_class(name, vocabulary_size=v, embedding_dim=hp["embed_size"])
                 for name, v in zip(rows["field_names"], rows["vocab_sizes"])]
     common = dict(dnn_hidden_units=tuple(hp["hidden_units"]), l2_reg_embedding=0.0, l2_reg_dnn=0.0, dnn_dropout=0.0,
@@ -63,6 +70,20 @@ def build_deepctr_model(spec: dict[str, Any], rows: dict[str, Any], feature_clas
     if name == "autoint+":
         return models["AutoInt"](features, features, att_layer_num=hp["attention_layers"],
                                  att_head_num=hp["num_heads"], att_res=True, **autoint_kwargs, **common)
+    if name == "dcnv2":  # DCN-V2's full-rank cross layers = DeepCTR's DCN with the matrix parameterisation
+        if hp["use_low_rank_mixture"]:
+            return models["DCNMix"](features, features, cross_num=hp["cross_layers"], l2_reg_linear=0.0,
+                                    l2_reg_cross=0.0, **common)
+        return models["DCN"](features, features, cross_num=hp["cross_layers"], cross_parameterization="matrix",
+                             l2_reg_linear=0.0, l2_reg_cross=0.0, **common)
+    if name == "fibinet":
+        kinds = {"field_all": "all", "field_each": "each", "field_interaction": "interaction"}
+        return models["FiBiNET"](features, features, bilinear_type=kinds[hp["bilinear_type"]],
+                                 reduction_ratio=hp["reduction_ratio"], l2_reg_linear=0.0, **common)
+    if name == "onn":
+        if hp["product"] != "hadamard":
+            raise SystemExit(f"{library} runner: ONN with product={hp['product']!r} is not built by {library}")
+        return models["ONN"](features, features, l2_reg_linear=0.0, **onn_kwargs, **common)
     raise SystemExit(f"{library} runner: unknown model {name}")
 
 

@@ -34,14 +34,17 @@ tf.random.set_seed(spec["seed"])
 np.random.seed(spec["seed"])
 
 from deepctr.feature_column import SparseFeat  # noqa: E402
-from deepctr.models import DCN, AutoInt, DeepFM, xDeepFM  # noqa: E402
+from deepctr.models import DCN, ONN, AutoInt, DCNMix, DeepFM, FiBiNET, xDeepFM  # noqa: E402
 
 rows = _common.load_rows(spec)
 names = rows["field_names"]
 hp = spec["hparams"]
 model = _common.build_deepctr_model(
-    spec, rows, SparseFeat, {"DeepFM": DeepFM, "DCN": DCN, "xDeepFM": xDeepFM, "AutoInt": AutoInt}, "DeepCTR",
+    spec, rows, SparseFeat,
+    {"DeepFM": DeepFM, "DCN": DCN, "xDeepFM": xDeepFM, "AutoInt": AutoInt, "DCNMix": DCNMix, "FiBiNET": FiBiNET,
+     "ONN": ONN}, "DeepCTR",
     autoint_kwargs={"att_embedding_size": hp.get("attention_dim"), "l2_reg_linear": 0.0},  # used for autoint+ only
+    onn_kwargs={"use_bn": False, "reduce_sum": False},  # no BatchNorm on the products (DeepCTR's default has one)
 )
 
 model.compile(tf.keras.optimizers.Adam(learning_rate=spec["lr"]), "binary_crossentropy")

@@ -16,7 +16,7 @@ _common.set_thread_env(spec["threads"])
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from deepctr_torch.inputs import SparseFeat  # noqa: E402
-from deepctr_torch.models import DCN, AutoInt, DeepFM, xDeepFM  # noqa: E402
+from deepctr_torch.models import DCN, ONN, AutoInt, DCNMix, DeepFM, FiBiNET, xDeepFM  # noqa: E402
 
 _common.seed_torch(spec)
 
@@ -27,7 +27,9 @@ if spec["model"] == "autoint+" and hp["embed_size"] // hp["num_heads"] != hp["at
     # DeepCTR-Torch splits the embedding into the heads: d' = embed_size / heads (8 here).
     raise SystemExit(f"DeepCTR-Torch AutoInt needs attention_dim = embed_size / num_heads, got {hp}")
 model = _common.build_deepctr_model(
-    spec, rows, SparseFeat, {"DeepFM": DeepFM, "DCN": DCN, "xDeepFM": xDeepFM, "AutoInt": AutoInt}, "DeepCTR-Torch",
+    spec, rows, SparseFeat,
+    {"DeepFM": DeepFM, "DCN": DCN, "xDeepFM": xDeepFM, "AutoInt": AutoInt, "DCNMix": DCNMix, "FiBiNET": FiBiNET,
+     "ONN": ONN}, "DeepCTR-Torch",
     device="cpu",
 )
 

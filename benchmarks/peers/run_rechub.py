@@ -5,8 +5,10 @@ row), which would make its input pipeline, not its model, the bottleneck; this r
 best case instead: whole batches gathered with one index per batch (a ``BatchSampler`` over a
 random permutation), so the measured time is the library's model and training step.
 
-torch-rechub has no xDeepFM. Its ``MLP`` always puts a ``BatchNorm1d`` after each hidden Linear
-(there is no switch), and its AutoInt attention width per head is ``embed_size / num_heads``.
+torch-rechub has no xDeepFM and no ONN. Its FiBiNet applies ONE bilinear layer to both the
+embeddings and the SENET output (ours, DeepCTR's and FuxiCTR's have two). Its ``MLP`` always puts a
+``BatchNorm1d`` after each hidden Linear (there is no switch), and its AutoInt attention width per
+head is ``embed_size / num_heads``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ elif model_name == "autoint+":
         raise SystemExit(f"torch-rechub AutoInt needs attention_dim = embed_size / num_heads, got {hp}")
     model = AutoInt(sparse_features=features, dense_features=[], num_layers=hp["attention_layers"],
                     num_heads=hp["num_heads"], dropout=0.0, mlp_params=mlp_params)
+elif model_name == "dcnv2":
+    from torch_rechub.models.ranking import DCNv2
+
+    model = DCNv2(features=features, n_cross_layers=hp["cross_layers"], mlp_params=mlp_params,
+                  model_structure=hp["model_structure"], use_low_rank_mixture=hp["use_low_rank_mixture"])
+elif model_name == "fibinet":
+    from torch_rechub.models.ranking import FiBiNet
+
+    model = FiBiNet(features=features, mlp_params=mlp_params, reduction_ratio=hp["reduction_ratio"],
+                    bilinear_type=hp["bilinear_type"])
 else:
     raise SystemExit(f"torch-rechub has no {model_name}")
 
