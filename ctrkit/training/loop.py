@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ctrkit.data.batches import BatchReader
+from ctrkit.data.encoder import copy_encoder_to_run_dir
 from ctrkit.errors import ConfigError, CtrkitError, InputError
 from ctrkit.fileio import write_json_atomic
 from ctrkit.metrics import evaluation_metrics
@@ -116,6 +117,8 @@ class TrainingLoop:
     def _run_in_directory(self, store: Any) -> dict[str, Any]:
         cfg, backend = self.config, self.backend
         backend.prepare(store)
+        # the dataset's encoder beside the checkpoints: `ctrkit predict` on raw rows needs no store
+        self.on_main(lambda: copy_encoder_to_run_dir(store, cfg.save_dir))
         self.progress = Progress(best_score=self.policy.initial_best())
         self.schedule = self.policy.schedule(cfg.lr)
         self.loss_sum = backend.new_loss_sum(0.0)
