@@ -16,8 +16,9 @@ command keeps day 7 as the validation split (the day just before test, so that e
 sees the same one-day-ahead shift as the test), so train is days 1-6.
 
 **Memory.** The behaviour log (about 700M rows, 23 GB in the real data) is never loaded whole:
-one streaming polars pass validates it, drops users without impressions and writes it into
-``buckets`` Parquet partitions by ``user % buckets``, beside the store (impressions likewise);
+one streaming polars pass parses it, flags each row's first problem and writes it into
+``buckets`` Parquet partitions by ``user % buckets``, beside the store (impressions likewise, joined
+with their ads and profiles in the same pass); the checks then read the Parquet files, not the CSV;
 then each bucket's behaviours (about ``log size / buckets``) are loaded, sorted by (user, time),
 and each impression's history is a ``searchsorted`` of its (user, time) in them. The bucket count
 defaults to one per 128 MB of behaviour log (or 32 MB of raw_sample, if more), and histories are
@@ -177,51 +178,78 @@ def stage(tables: TaobaoTables, directory: Path, buckets: int | None = None,
 
     ads = _scan(paths["ad_feature"], "ad_feature")
     _check(paths["ad_feature"], ads, [_id_check("adgroup_id")])
-    ads = ads.select(_as_int("adgroup_id").alias("adgroup_id"), *[pl.col(c) for c in _COLUMNS["ad_feature"][1:]])
+    ads = ads.select(_as_int("adgroup_id").alias("adgroup_id"), *[pl.col(c) for c in _COLUMNS["ad_feature"][1:]],
+                     pl.lit(True).alias("ad_known"))
     ads = ads.with_columns(pl.col("brand").replace("NULL", None)).unique("adgroup_id", keep="first")
     profiles = _scan(paths["user_profile"], "user_profile")
     _check(paths["user_profile"], profiles, [_id_check("userid")])
     profiles = profiles.select(_as_int("userid").alias("user"), *[pl.col(c) for c in _COLUMNS["user_profile"][1:]])
     profiles = profiles.unique("user", keep="first")
 
-    sample_path = paths["raw_sample"]
-    sample = _scan(sample_path, "raw_sample")
-    _check(sample_path, sample, [_id_check("user"), *_time_checks(), _id_check("adgroup_id"),
-                                 ("clk", ~pl.col("clk").str.strip_chars().is_in(["0", "1"]).fill_null(False), "not 0 or 1")])
-    sample = sample.select("line", *[_as_int(c).alias(c) for c in ("user", "time_stamp", "adgroup_id")],
-                           pl.col("pid"), pl.col("clk").str.strip_chars())
-    unknown_ad = sample.join(ads.select("adgroup_id"), on="adgroup_id", how="anti").head(1).collect(engine="streaming")
+    # one CSV pass per big table: parse, flag the first problem of each row, join, partition
+    sample_path, log_path = paths["raw_sample"], paths["behavior_log"]
+    sample_checks = [_id_check("user"), *_time_checks(), _id_check("adgroup_id"),
+                     ("clk", ~pl.col("clk").str.strip_chars().is_in(["0", "1"]).fill_null(False), "not 0 or 1")]
+    sample = _scan(sample_path, "raw_sample").select(
+        "line", *[_as_int(c).alias(c) for c in ("user", "time_stamp", "adgroup_id")], pl.col("pid"),
+        pl.col("clk").str.strip_chars(), _problem(sample_checks))
+    joined = sample.join(ads, on="adgroup_id", how="left").join(profiles, on="user", how="left")
+    impressions_dir = directory / "impressions"
+    _sink_buckets(joined, impressions_dir, buckets)
+    staged_sample = _check_staged(sample_path, "raw_sample", impressions_dir, sample_checks)
+    unknown_ad = staged_sample.filter(pl.col("ad_known").is_null()).sort("line").head(1).collect()
     if unknown_ad.height:
         row = unknown_ad.row(0, named=True)
         raise InputError(f"{sample_path}:{row['line']}: adgroup_id: {row['adgroup_id']} is not in {paths['ad_feature']}")
-    stats = sample.select(pl.len().alias("rows"), pl.col("time_stamp").min().alias("first")).collect(engine="streaming")
-    impressions, first_time = stats.row(0)
+    impressions, first_time = staged_sample.select(pl.len(), pl.col("time_stamp").min()).collect().row(0)
     if not impressions:
         raise InputError(f"{sample_path}: has no impressions")
 
-    log_path = paths["behavior_log"]
-    log = _scan(log_path, "behavior_log")
-    _check(log_path, log, [_id_check("user"), *_time_checks(),
-                           ("btag", pl.col("btag").is_null() | (pl.col("btag").str.strip_chars() == ""), "no behaviour type")])
-    log = log.select("line", _as_int("user").alias("user"), _as_int("time_stamp").alias("time_stamp"),
-                     pl.col("btag").str.strip_chars(), _as_int("cate").alias("cate"), _as_int("brand").alias("brand"))
-    known = pl.concat([sample.select("user"), profiles.select("user")]).unique()
-    stranger = log.join(known, on="user", how="anti").head(1).collect(engine="streaming")
+    log_checks = [_id_check("user"), *_time_checks(),
+                  ("btag", pl.col("btag").is_null() | (pl.col("btag").str.strip_chars() == ""), "no behaviour type")]
+    log = _scan(log_path, "behavior_log").select(
+        "line", _as_int("user").alias("user"), _as_int("time_stamp").alias("time_stamp"), pl.col("btag").str.strip_chars(),
+        _as_int("cate").alias("cate"), _as_int("brand").alias("brand"), _problem(log_checks))
+    behaviours_dir = directory / "behaviours"
+    _sink_buckets(log, behaviours_dir, buckets)
+    staged_log = _check_staged(log_path, "behavior_log", behaviours_dir, log_checks)
+    known = pl.concat([staged_sample.select("user"), profiles.select("user")]).unique()
+    stranger = staged_log.join(known, on="user", how="anti").sort("line").head(1).collect()
     if stranger.height:
         row = stranger.row(0, named=True)
         raise InputError(f"{log_path}:{row['line']}: user: {row['user']} is in neither {sample_path} nor {paths['user_profile']}")
-
-    bucket = (pl.col("user") % buckets).alias("bucket")
-    joined = sample.join(ads, on="adgroup_id", how="left").join(profiles, on="user", how="left")
-    joined.with_columns(bucket).sink_parquet(pl.PartitionBy(directory / "impressions", key="bucket", include_key=False), mkdir=True)
-    viewers = sample.select("user").unique()
-    kept = log.join(viewers, on="user", how="semi").select("user", "time_stamp", "btag", "cate", "brand")
-    kept.with_columns(bucket).sink_parquet(pl.PartitionBy(directory / "behaviours", key="bucket", include_key=False), mkdir=True)
-    behaviours = pl.scan_parquet(directory / "behaviours" / "**" / "*.parquet").select(pl.len()).collect().item() \
-        if any((directory / "behaviours").rglob("*.parquet")) else 0
+    behaviours = staged_log.join(staged_sample.select("user").unique(), on="user", how="semi").select(pl.len()).collect().item()
     if notify is not None:
         notify(f"joined {impressions:,} impressions with {behaviours:,} behaviours of their users in {buckets} bucket(s)")
     return Staged(directory, buckets, int(first_time), int(impressions), int(behaviours))
+
+
+def _problem(checks: list[tuple[str, pl.Expr, str]]) -> pl.Expr:
+    """Index of the first check a row fails (null: none)."""
+    return pl.coalesce([pl.when(condition).then(pl.lit(i, pl.Int16)) for i, (_, condition, _) in enumerate(checks)]).alias("problem")
+
+
+def _sink_buckets(frame: pl.LazyFrame, directory: Path, buckets: int) -> None:
+    """Stream ``frame`` into Parquet files partitioned by ``user % buckets`` (``bucket=K/``)."""
+    bucket = (pl.col("user").fill_null(0) % buckets).alias("bucket")
+    frame.with_columns(bucket).sink_parquet(pl.PartitionBy(directory, key="bucket", include_key=False), mkdir=True)
+
+
+def _staged(directory: Path) -> pl.LazyFrame:
+    return pl.scan_parquet(sorted(directory.rglob("*.parquet")), hive_partitioning=False)
+
+
+def _check_staged(path: Path, table: str, directory: Path, checks: list[tuple[str, pl.Expr, str]]) -> pl.LazyFrame:
+    """The staged rows, or an InputError naming the first bad line (its raw value read back from ``path``)."""
+    staged = _staged(directory)
+    bad = staged.filter(pl.col("problem").is_not_null()).sort("line").head(1).select("line", "problem").collect()
+    if bad.height:
+        line, index = bad.row(0)
+        column, _, reason = checks[index]
+        value = _scan(path, table).filter(pl.col("line") == line).select(column).collect().item()
+        shown = "empty field" if value in (None, "") else repr(value)
+        raise InputError(f"{path}:{line}: {column}: {reason}: {shown}")
+    return staged
 
 
 def _bucket_files(directory: Path, bucket: int) -> list[Path]:
@@ -313,10 +341,11 @@ class TaobaoSource:
             files = _bucket_files(staged.directory / "impressions", bucket)
             if not files:
                 continue
-            impressions = pl.read_parquet(files).sort("line")
+            impressions = pl.read_parquet(files, hive_partitioning=False).sort("line").drop("problem", "ad_known")
             log_files = _bucket_files(staged.directory / "behaviours", bucket)
-            log = pl.read_parquet(log_files) if log_files else pl.DataFrame(
+            log = pl.read_parquet(log_files, hive_partitioning=False) if log_files else pl.DataFrame(
                 schema={"user": pl.Int64, "time_stamp": pl.Int64, "btag": pl.String, "cate": pl.Int64, "brand": pl.Int64})
+            log = log.filter(pl.col("user").is_in(impressions.get_column("user").unique().implode()))
             history = History(log)
             raw_items = _raw_items(log) if self.joined_parts is not None else None
             del log
