@@ -366,3 +366,31 @@ def test_din_learns_the_planted_sequence_signal_beyond_a_pooling_dnn():
 def test_dien_learns_drifting_histories_with_its_auxiliary_loss():
     dien = _train_auc("dien", {**LEARN, "aux_hidden_units": (16,)}, steps=300, drift=0.8)
     assert dien > 0.62, dien  # measured: 0.644-0.729 (DNN 0.759, DIN 0.790 on these data): DIEN learns slower
+
+
+# -- end to end on a synthetic Taobao store -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["din", "dien"])
+def test_ctrkit_train_on_a_synthetic_taobao_store_reports_gauc(name, tmp_path, capsys):
+    """``ctrkit synth taobao`` -> ``preprocess taobao`` -> ``train``: the store's user column gives gAUC."""
+    import json
+
+    from ctrkit.cli import main
+
+    raw, store, run = tmp_path / "raw", tmp_path / "tb.lmdb", tmp_path / "run"
+    assert main(["synth", "taobao", str(raw), "--rows", "6000", "--users", "300", "--ads", "400",
+                 "--categories", "40", "--behaviours-per-user", "30"]) in (0, None)
+    tables = [f"--{t.replace('_', '-')}" for t in ("raw_sample", "ad_feature", "user_profile", "behavior_log")]
+    files = [str(raw / f"{t}.csv") for t in ("raw_sample", "ad_feature", "user_profile", "behavior_log")]
+    args = [x for pair in zip(tables, files) for x in pair]
+    assert main(["preprocess", "taobao", *args, "--max-seq-len", "20", "--out", str(store)]) in (0, None)
+    code = main(["train", "--model", name, "--data", str(store), "--epochs", "1", "--batch_size", "256",
+                 "--embed_size", "8", "--hidden_units", "32,16", "--threads", "1", "--model_save_dir", str(run)])
+    assert code in (0, None), capsys.readouterr().err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"] == name
+    epoch = metrics["history"][-1]
+    assert np.isfinite(epoch["valid_auc"]) and np.isfinite(epoch["valid_gauc"]), epoch
+    assert np.isfinite(metrics["test"]["auc"]) and np.isfinite(metrics["test"]["gauc"]), metrics["test"]
