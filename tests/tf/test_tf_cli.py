@@ -88,13 +88,16 @@ def test_train_evaluate_predict_round_trip(criteo, tmp_path):
     assert "is a TensorFlow checkpoint" in line and f"ctrkit convert {save_dir / 'last.tf'} --to torch" in line
 
 
-def test_damaged_tf_checkpoint_is_one_line(criteo, tmp_path):
+def test_damaged_tf_checkpoint_is_one_line(criteo, tmp_path, capsys):
+    from ctrkit.cli import main
+
     run = tmp_path / "run"
     run.mkdir()
     (run / "best.tf").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")  # a cut safetensors header
-    result = run_cli("evaluate", str(run), "--data", str(criteo / "store.lmdb"))
-    line = one_line_error(result, "evaluate")
-    assert "best.tf is not a readable ctrkit checkpoint" in line
+    code = main(["evaluate", str(run), "--data", str(criteo / "store.lmdb")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("ctrkit evaluate: error: ") and "best.tf is not a readable ctrkit checkpoint" in lines[0]
 
 
 # ---------------------------------------------------------------------------------------------
