@@ -85,8 +85,13 @@ def batch_signature(schema: Schema, *, labeled: bool = True, columns: tuple[str,
 
 
 def reader_signature(reader: BatchReader) -> dict[str, tf.TensorSpec]:
-    """The :func:`batch_signature` of the batches ``reader`` yields."""
-    return batch_signature(reader.store.schema, labeled=reader.info.labeled, columns=reader.columns)
+    """The :func:`batch_signature` of the batches ``reader`` yields, with ``group`` int64 ``[B]``
+    when the split's rows carry one (the per-row group id of gAUC; seen on its first row)."""
+    spec = batch_signature(reader.store.schema, labeled=reader.info.labeled, columns=reader.columns)
+    wanted = reader.columns is None or "group" in reader.columns
+    if wanted and reader.info.num_chunks and "group" in reader.store.read_rows(reader.split, [(0, 0, 1)]):
+        spec["group"] = tf.TensorSpec([None], tf.int64, name="group")
+    return spec
 
 
 def make_dataset(
@@ -213,5 +218,6 @@ def _contract_batch(batch: dict[str, np.ndarray], keys: tuple[str, ...]) -> dict
 
 
 def _contract_dtype(key: str, array: np.ndarray) -> np.ndarray:
-    """float32 for labels and dense values, int32 for ids (no copy when already so)."""
-    return array.astype(np.float32 if key in _FLOAT_KEYS else np.int32, copy=False)
+    """float32 for labels and dense values, int64 for group ids, int32 for ids (no copy when already so)."""
+    dtype = np.float32 if key in _FLOAT_KEYS else np.int64 if key == "group" else np.int32
+    return array.astype(dtype, copy=False)
