@@ -446,3 +446,30 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_finite_checkpoints(store,
     last = load_checkpoint(tmp_path / "run" / "last.tf")
     assert last["progress"]["step"] == 4  # the last finite weights
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == "diverged"
+
+
+# ---------------------------------------------------------------------------------------------
+# group ids: gAUC
+# ---------------------------------------------------------------------------------------------
+def test_a_store_with_group_ids_reports_gauc(tmp_path):
+    """Rows carrying the optional ``group`` column (users) train in TF and report gAUC, which
+    ``--monitor gauc`` can follow; the groups reach evaluation unchanged."""
+    from _train_helpers import planted_columns, planted_schema
+
+    from ctrkit.data.store import StoreWriter
+    from ctrkit.metrics import evaluation_metrics
+
+    with StoreWriter(tmp_path / "grouped.lmdb", planted_schema(), chunk_rows=500) as writer:
+        for split, rows, seed in (("train", 2000, 1), ("valid", 800, 2), ("test", 800, 3)):
+            columns = planted_columns(rows, seed)
+            columns["group"] = (columns["sparse"][:, 0] // 4).astype(np.int64)  # 5 "users"
+            writer.append(split, columns)
+        store = writer.commit({"options": {"source": "planted rows with groups"}})
+    metrics = train_from_config(config(store, tmp_path / "run", epochs=1, monitor="gauc"))
+    assert 0.5 < metrics["history"][0]["valid_gauc"] <= 1 and 0.5 < metrics["test"]["gauc"] <= 1
+    trainer = Trainer.from_checkpoint(tmp_path / "run")
+    probs, labels, groups = trainer.predict_split(store, "test")
+    test = store.read_split("test")
+    np.testing.assert_array_equal(groups, test["group"])
+    np.testing.assert_array_equal(labels, test["label"])
+    assert evaluation_metrics(labels, probs, groups)["gauc"] == pytest.approx(metrics["test"]["gauc"], abs=1e-12)
