@@ -385,10 +385,14 @@ class AuxiliaryLoss(nn.Module):
 
     def forward(self, states: torch.Tensor, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         positive, negative = self.pairs(mask)  # (B, L-1)
-        h = states[:, :-1].to(items.dtype)  # (B, L-1, H)
-        pos = self.net(torch.cat([h, items[:, 1:]], dim=-1)).squeeze(-1)  # (B, L-1)
-        neg = self.net(torch.cat([h, items.roll(-1, dims=0)[:, 1:]], dim=-1)).squeeze(-1)
-        pos, neg = pos.to(_wide(pos.dtype)), neg.to(_wide(neg.dtype))
+        first, rest = self.net.layers[0], self.net.layers[1:]
+        h_dim = states.shape[-1]
+        # the first Linear on [h, e] is W_h h + W_e e + b: each state and each item projected once,
+        # shared by the positive and the negative pair
+        h_part = F.linear(states[:, :-1].to(items.dtype), first.weight[:, :h_dim], first.bias)  # (B, L-1, U)
+        e_part = F.linear(items, first.weight[:, h_dim:])  # (B, L, U)
+        both = torch.stack([h_part + e_part[:, 1:], h_part + e_part.roll(-1, dims=0)[:, 1:]])  # (2, B, L-1, U)
+        pos, neg = rest(both).squeeze(-1).to(_wide(h_part.dtype)).unbind(0)  # (B, L-1) each
         positive, negative = positive.to(pos.dtype), negative.to(pos.dtype)
         total = (F.softplus(-pos) * positive).sum() + (F.softplus(neg) * negative).sum()
         return total / positive.sum().clamp(min=1.0)

@@ -289,7 +289,7 @@ def _row_max(scores):
 class AuxiliaryLoss(keras.layers.Layer):
     """DIEN's auxiliary loss (eq. 3): each state predicts the next behaviour against the next row's.
 
-    Same pairs, negatives and normalisation as the torch block: positives where step ``t + 1`` is
+    Same pairs, negatives, normalisation and first-layer split as the torch block: positives where step ``t + 1`` is
     an item and ``h_t`` has seen one, negatives ``e_{(b+1) mod B, t+1}`` where that is an item of
     row ``b + 1``, divided by the number of positive pairs. ``net`` is an MLP with sigmoid hidden
     layers and one logit.
@@ -314,19 +314,20 @@ class AuxiliaryLoss(keras.layers.Layer):
         negative = positive & tf.roll(mask, -1, axis=0)[:, 1:]
         return tf.cast(positive, tf.float32), tf.cast(negative, tf.float32)
 
-    def _logits(self, h, items, training):
-        x = tf.concat([h, items], axis=-1)  # (B, L-1, H+E)
-        flat = tf.reshape(x, (-1, self.state_dim + self.item_dim))
-        return tf.reshape(self.net(flat, training=training), tf.shape(x)[:2])  # (B, L-1)
-
     def call(self, states, items, mask, training=None):
         positive, negative = self.pairs(mask)  # (B, L-1)
-        h = tf.cast(states[:, :-1], items.dtype)  # (B, L-1, H)
-        pos = self._logits(h, items[:, 1:], training)
-        neg = self._logits(h, tf.roll(items, -1, axis=0)[:, 1:], training)
-        dtype = widened(pos.dtype)
-        pos, neg = tf.cast(pos, dtype), tf.cast(neg, dtype)
-        positive, negative = tf.cast(positive, dtype), tf.cast(negative, dtype)
+        first, rest = self.net.layers[0], self.net.layers[1:]
+        dtype = first.compute_dtype
+        kernel = tf.cast(first.kernel, dtype)  # (H + E, U)
+        # W [h; e] + b = W_h h + W_e e + b: each state and each item projected once (see the torch block)
+        h_part = tf.einsum("blh,hu->blu", tf.cast(states[:, :-1], dtype), kernel[:self.state_dim]) + tf.cast(first.bias, dtype)
+        e_part = tf.einsum("ble,eu->blu", tf.cast(items, dtype), kernel[self.state_dim:])  # (B, L, U)
+        x = tf.stack([h_part + e_part[:, 1:], h_part + tf.roll(e_part, -1, axis=0)[:, 1:]])  # (2, B, L-1, U)
+        for layer in rest:
+            x = layer(x, training=training) if isinstance(layer, keras.layers.Dropout) else layer(x)
+        wide = widened(x.dtype)
+        pos, neg = tf.unstack(tf.cast(tf.squeeze(x, -1), wide))  # (B, L-1) each
+        positive, negative = tf.cast(positive, wide), tf.cast(negative, wide)
         total = tf.reduce_sum(tf.nn.softplus(-pos) * positive) + tf.reduce_sum(tf.nn.softplus(neg) * negative)
         return total / tf.maximum(tf.reduce_sum(positive), 1.0)
 
