@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctrkit.data.criteo import SPLITS, split_assignment
+from ctrkit.data.pipeline import SPLITS, split_assignment
 from ctrkit.data.store import Store
 from ctrkit.metrics import auc, logloss
 
