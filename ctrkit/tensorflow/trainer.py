@@ -66,6 +66,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -80,7 +81,7 @@ from ctrkit.config import TrainConfig
 from ctrkit.data.batches import BatchReader
 from ctrkit.data.contract import check_batch
 from ctrkit.data.store import Store
-from ctrkit.errors import ConfigError, InputError, StoreError
+from ctrkit.errors import ConfigError, CtrkitError, InputError, StoreError
 from ctrkit.fileio import atomic_output
 from ctrkit.metrics import evaluation_metrics
 from ctrkit.parity import LAYOUTS
@@ -389,6 +390,47 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Errors raised in the tf.data thread
+# ---------------------------------------------------------------------------------------------
+#: ``{{function_node ...}} StoreError: store s.lmdb: chunk 1 ... is damaged`` (then TF's traceback)
+_TF_DATA_ERROR = re.compile(r"^(?:\{\{[^}]*\}\}\s*)?(\w+): (.+)$")
+
+
+def _ctrkit_error_classes() -> dict[str, type]:
+    found, todo = {}, [CtrkitError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def ctrkit_error_of(exc: Exception) -> CtrkitError | None:
+    """The ctrkit error (``StoreError``, ``ContractError``...) that a TensorFlow op error carries from
+    the tf.data thread where the store was read, with its one-line message; None for any other error."""
+    message = getattr(exc, "message", None) or str(exc)
+    match = _TF_DATA_ERROR.match(message.splitlines()[0].strip()) if message else None
+    cls = _ctrkit_error_classes().get(match.group(1)) if match else None
+    return cls(match.group(2)) if cls is not None else None
+
+
+def raising_ctrkit_errors(batches: Iterable[Any]) -> Iterator[Any]:
+    """``batches`` (a tf.data iteration) with a ctrkit error of the reading thread raised as itself, one line."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as exc:
+            error = ctrkit_error_of(exc)
+            if error is None:
+                raise
+            raise error from None
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------
 # TensorBoard
 # ---------------------------------------------------------------------------------------------
 class SummaryScalarWriter:
@@ -529,7 +571,7 @@ class Trainer:
         """Click probabilities (float64 ``[N]``) for a reader's epoch 0 or any iterable of batches
         (checked against the schema first: :func:`ctrkit.data.contract.check_batch`)."""
         if isinstance(batches, BatchReader):
-            iterable: Iterable[Mapping[str, Any]] = make_dataset(batches)
+            iterable: Iterable[Mapping[str, Any]] = raising_ctrkit_errors(make_dataset(batches))
         else:
             iterable = (to_tensors(self._checked_batch(b, i)) for i, b in enumerate(batches))
         probs = [self._predict_batch(batch).numpy() for batch in iterable]
@@ -605,7 +647,7 @@ class Trainer:
             dataset = make_dataset(reader, epoch, start_batch)
         if self._train_fn is None:
             self._train_fn = tf.function(self._step, input_signature=[dataset.element_spec])
-        yield from dataset
+        yield from raising_ctrkit_errors(dataset)
 
     def begin_epoch(self) -> None:
         pass  # Keras takes the mode per call (training=True in the step)
@@ -680,7 +722,7 @@ class Trainer:
     def predict_split(self, store: Store, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         reader = BatchReader(store, split, self._eval_batch_size())
         probs, labels, groups = [], [], []
-        for batch in make_dataset(reader):
+        for batch in raising_ctrkit_errors(make_dataset(reader)):
             probs.append(self._predict_batch(batch).numpy())
             labels.append(batch[LABEL].numpy())
             if GROUP in batch:

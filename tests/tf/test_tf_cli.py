@@ -270,3 +270,28 @@ def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(plant
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     again = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert again["test"] == whole["test"] and again["best_valid"] == whole["best_valid"]
+
+
+def test_a_damaged_chunk_read_in_the_tf_data_thread_is_one_line(planted, tmp_path, capsys):
+    """A checksum mismatch found while tf.data reads the store ends ``ctrkit train --framework tf``
+    with the store's one-line error, not TensorFlow's wrapped traceback."""
+    import shutil
+
+    import lmdb
+
+    from ctrkit.cli import main
+
+    damaged = tmp_path / "damaged.lmdb"
+    shutil.copytree(planted.path, damaged)
+    env = lmdb.open(str(damaged), max_dbs=0)
+    with env.begin(write=True) as txn:
+        value = bytearray(txn.get(b"chunk/train/00000002"))
+        value[len(value) // 2] ^= 0xFF
+        txn.put(b"chunk/train/00000002", bytes(value))
+    env.close()
+    code = main(["train", "--framework", "tf", "--model", "lr", "--data", str(damaged), "--epochs", "1",
+                 "--batch_size", "256", "--model_save_dir", str(tmp_path / "run")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"ctrkit train: error: store {damaged}: chunk 2 of split 'train' "
+                               "(key chunk/train/00000002) is damaged: checksum mismatch")
