@@ -197,6 +197,21 @@ def test_gradients_of_the_blocks_match_their_references():
     assert torch.autograd.gradcheck(lambda v: gru(v, mask[:2, :3]), (x,))
 
 
+def test_gated_recurrence_backward_passes_gradcheck():
+    """The hand-written backward of the GRU/AUGRU recurrence against finite differences, gate included."""
+    from ctrkit.pytorch.layers.sequence import _GatedRecurrence
+
+    g = torch.Generator().manual_seed(0)
+    batch, length, hd = 3, 5, 2
+    projected = torch.randn(batch, length, 3 * hd, generator=g, dtype=torch.float64, requires_grad=True)
+    gate = torch.rand(batch, length, 1, generator=g, dtype=torch.float64)
+    gate[0, 1] = 0.0  # a padded step
+    gate.requires_grad_()
+    weight = torch.randn(3 * hd, hd, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3 * hd, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_GatedRecurrence.apply, (projected, gate, weight, bias))
+
+
 # -- the models --------------------------------------------------------------------------------------------
 
 

@@ -195,6 +195,72 @@ class TargetAttention(nn.Module):
         return out
 
 
+class _GatedRecurrence(torch.autograd.Function):
+    """The :class:`GRU` recurrence over all steps, with a hand-written backward pass.
+
+    Forward, per step: ``hp = W_h h + b_h``; ``r = sigmoid(xr + hr)``, ``u0 = sigmoid(xu + hu)``,
+    ``n = tanh(xn + r * hn)``, ``h' = h + g u0 (n - h)``. Backward, per step from the last, with
+    ``dh`` the gradient reaching ``h'``::
+
+        du = dh (n - h)        dg = sum_H du * u0        d(xu + hu) = du g u0 (1 - u0)
+        dn = dh g u0 (1 - n^2) = d(xn + r hn)            dhn = dn r     d(xr + hr) = dn hn r (1 - r)
+        dh_prev = dh (1 - g u0) + [d(xr+hr), d(xu+hu), dhn] W_h
+
+    and ``dW_h``, ``db_h`` accumulated over the steps. Autograd of the same loop records ~12
+    operations per step and replays them one by one; here each step is a few fused tensor
+    expressions and two small GEMMs. Gradchecked in ``tests/pytorch/test_sequence_models.py``.
+
+    Shapes: ``projected`` ``[B, L, 3H]`` (``[W_ir; W_iu; W_in] x + b_i``), ``gate`` ``[B, L, 1]``,
+    ``weight`` ``[3H, H]``, ``bias`` ``[3H]`` -> states ``[B, L, H]``.
+    """
+
+    @staticmethod
+    def forward(ctx, projected, gate, weight, bias):
+        batch, length, three_h = projected.shape
+        hd = three_h // 3
+        h = projected.new_zeros(batch, hd)
+        states, r_all, u_all, n_all, hn_all = (projected.new_empty(batch, length, hd) for _ in range(5))
+        for t in range(length):
+            hp = torch.addmm(bias, h, weight.t())  # (B, 3H)
+            xp = projected[:, t]
+            r = torch.sigmoid(xp[:, :hd] + hp[:, :hd])
+            u0 = torch.sigmoid(xp[:, hd:2 * hd] + hp[:, hd:2 * hd])
+            hn = hp[:, 2 * hd:]
+            n = torch.tanh(torch.addcmul(xp[:, 2 * hd:], r, hn))
+            h = torch.addcmul(h, u0 * gate[:, t], n - h)  # (B, H)
+            states[:, t], r_all[:, t], u_all[:, t], n_all[:, t], hn_all[:, t] = h, r, u0, n, hn
+        ctx.save_for_backward(gate, weight, states, r_all, u_all, n_all, hn_all)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states):
+        gate, weight, states, r_all, u_all, n_all, hn_all = ctx.saved_tensors
+        batch, length, hd = states.shape
+        d_projected = grad_states.new_empty(batch, length, 3 * hd)
+        d_gate = grad_states.new_empty(batch, length, 1)
+        d_weight = torch.zeros_like(weight)
+        d_bias = weight.new_zeros(3 * hd)
+        dh = grad_states.new_zeros(batch, hd)
+        zeros = grad_states.new_zeros(batch, hd)
+        for t in reversed(range(length)):
+            dh = dh + grad_states[:, t]
+            h_prev = states[:, t - 1] if t else zeros
+            r, u0, n, hn, g = r_all[:, t], u_all[:, t], n_all[:, t], hn_all[:, t], gate[:, t]
+            u = u0 * g
+            du = dh * (n - h_prev)
+            d_gate[:, t] = (du * u0).sum(1, keepdim=True)
+            d_au = du * g * u0 * (1 - u0)
+            d_an = dh * u * (1 - n * n)
+            d_ar = d_an * hn * r * (1 - r)
+            d_hp = torch.cat([d_ar, d_au, d_an * r], dim=1)  # (B, 3H)
+            d_projected[:, t, :2 * hd] = d_hp[:, :2 * hd]
+            d_projected[:, t, 2 * hd:] = d_an
+            d_weight.addmm_(d_hp.t(), h_prev)
+            d_bias += d_hp.sum(0)
+            dh = torch.addmm(dh * (1 - u), d_hp, weight)
+        return d_projected, d_gate if ctx.needs_input_grad[1] else None, d_weight, d_bias
+
+
 class GRU(nn.Module):
     """A GRU over masked (ragged) sequences: padded steps are not computed, the state is carried over them.
 
@@ -210,8 +276,9 @@ class GRU(nn.Module):
 
     with ``g_t = mask_t`` (1 on items, 0 on padding: ``h_t = h_{t-1}``), ``h_0 = 0``. The input
     projections of all steps are one GEMM (``input_linear``: ``[W_ir; W_iu; W_in]``); each step
-    does one ``hidden_linear`` (``[W_hr; W_hu; W_hn]``) and the gates. The state is kept in float32
-    under bf16 autocast. :class:`AUGRU` is the same recurrence with ``g_t = a_t``.
+    does one GEMM with ``hidden_linear``'s weight (``[W_hr; W_hu; W_hn]``) and the gates, with a
+    hand-written backward (:class:`_GatedRecurrence`). The recurrence runs in float32 under bf16
+    autocast. :class:`AUGRU` is the same recurrence with ``g_t = a_t``.
 
     Args:
         input_dim: width of the items.
@@ -236,21 +303,17 @@ class GRU(nn.Module):
         init_linear(self.hidden_linear)
 
     def recur(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """States ``[B, L, H]`` of the recurrence with update-gate scale ``gate`` ``[B, L]`` (0 = skip the step)."""
-        projected = self.input_linear(x)  # (B, L, 3H)
+        """States ``[B, L, H]`` of the recurrence with update-gate scale ``gate`` ``[B, L]`` (0 = skip the step).
+
+        The input projection is one (autocast) GEMM; the recurrence itself runs in the state dtype
+        (float32, or float64 in a float64 model) through :class:`_GatedRecurrence`, outside autocast.
+        """
         state_dtype = _wide(self.hidden_linear.weight.dtype)
+        projected = self.input_linear(x).to(state_dtype)  # (B, L, 3H)
         gate = gate.to(state_dtype).unsqueeze(-1)  # (B, L, 1)
-        h = x.new_zeros(x.shape[0], self.hidden_dim, dtype=state_dtype)  # (B, H)
-        states = []
-        for t in range(x.shape[1]):
-            xr, xu, xn = projected[:, t].chunk(3, dim=-1)  # (B, H) each
-            hr, hu, hn = self.hidden_linear(h).chunk(3, dim=-1)  # (B, H) each
-            r = torch.sigmoid(xr + hr)
-            u = torch.sigmoid(xu + hu) * gate[:, t]
-            n = torch.tanh(xn + r * hn)
-            h = h + u * (n - h)  # (B, H), float32 (float64 in a float64 model)
-            states.append(h)
-        return torch.stack(states, dim=1)  # (B, L, H)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return _GatedRecurrence.apply(projected, gate, self.hidden_linear.weight.to(state_dtype),
+                                          self.hidden_linear.bias.to(state_dtype))  # (B, L, H)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.recur(x, mask)
