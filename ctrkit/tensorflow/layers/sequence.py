@@ -5,7 +5,8 @@ Mirror of :mod:`ctrkit.pytorch.layers.sequence`, class for class, same construct
 the same torch ``state_dict`` names through ``torch_parameters()``. Each block computes the
 formula of its torch ``reference_forward``. Sequences arrive as ``[B, L, E]`` with a bool mask
 ``[B, L]`` (False = padding). The recurrences run over time with ``tf.scan`` (one while loop in a
-traced step); their state stays float32 under ``mixed_bfloat16``, as in torch autocast.
+traced step); under ``mixed_bfloat16`` only their input projection runs in bf16, the recurrence
+in float32, as in torch.
 """
 
 from __future__ import annotations
@@ -196,18 +197,18 @@ class GRU(keras.layers.Layer):
 
     def recur(self, x, gate):
         """States ``[B, L, H]`` with update-gate scale ``gate`` ``[B, L]`` (0 = skip the step)."""
-        projected = self.input_linear(x)  # (B, L, 3H)
-        dtype = self.hidden_linear.compute_dtype
         state_dtype = widened(self.hidden_linear.kernel.dtype)
-        kernel, bias = tf.cast(self.hidden_linear.kernel, dtype), tf.cast(self.hidden_linear.bias, dtype)
+        projected = tf.cast(self.input_linear(x), state_dtype)  # (B, L, 3H): the one low-precision GEMM
+        kernel = tf.cast(self.hidden_linear.kernel, state_dtype)
+        bias = tf.cast(self.hidden_linear.bias, state_dtype)
         hd = self.hidden_dim
 
-        def step(h, inputs):
+        def step(h, inputs):  # in the state dtype, as the torch recurrence runs outside autocast
             xp, g = inputs  # (B, 3H), (B, 1)
-            hp = tf.matmul(tf.cast(h, dtype), kernel) + bias  # (B, 3H)
+            hp = tf.matmul(h, kernel) + bias  # (B, 3H)
             r = tf.sigmoid(xp[:, :hd] + hp[:, :hd])
-            u = tf.cast(tf.sigmoid(xp[:, hd:2 * hd] + hp[:, hd:2 * hd]), state_dtype) * g
-            n = tf.cast(tf.tanh(xp[:, 2 * hd:] + r * hp[:, 2 * hd:]), state_dtype)
+            u = tf.sigmoid(xp[:, hd:2 * hd] + hp[:, hd:2 * hd]) * g
+            n = tf.tanh(xp[:, 2 * hd:] + r * hp[:, 2 * hd:])
             return h + u * (n - h)  # (B, H), float32
 
         h0 = tf.zeros((tf.shape(x)[0], hd), state_dtype)
