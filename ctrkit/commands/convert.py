@@ -4,7 +4,8 @@ Train in one framework, serve in the other: ``DIR/best.tf`` (or ``DIR/best.pt``)
 checkpoint's weights mapped by :mod:`ctrkit.parity` (transposed Dense kernels, Conv1d layouts,
 torch's names), with its model name, hyper-parameters, schema and training options, so that
 ``ctrkit evaluate DIR`` and ``ctrkit predict DIR`` score rows as the source does (float32:
-within 1e-5). Only the weights are converted (an optimiser state and RNG states do not carry over
+within 1e-5). The run directory's ``encoder.npz`` (the dataset's encoder) is copied beside it, so
+``ctrkit predict DIR RAW`` needs no store either. Only the weights are converted (an optimiser state and RNG states do not carry over
 between frameworks): a run continues, with ``--resume``, in the framework that wrote it.
 
 A TensorFlow checkpoint already holds its weights under torch's names in torch's layout; either
@@ -41,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ctrkit.data.encoder import ENCODER_FILE, run_dir_encoder
     from ctrkit.errors import ConfigError
+    from ctrkit.fileio import atomic_output
     from ctrkit.training.frameworks import checkpoint_framework, check_framework_available
     from ctrkit.training.rundir import FRAMEWORK_NAMES, check_run_directory, checkpoint_name
 
@@ -56,10 +59,16 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     check_run_directory(out_dir)
     out = out_dir / checkpoint_name(target, "best")
-    if out.exists():
-        raise ConfigError(f"--out {out_dir} already holds {out.name}; give another directory")
+    encoder = run_dir_encoder(args.checkpoint)  # the dataset's encoder: `ctrkit predict OUT RAW` needs no store
+    for path in [out] + ([out_dir / ENCODER_FILE] if encoder is not None else []):
+        if path.exists():
+            raise ConfigError(f"--out {out_dir} already holds {path.name}; give another directory")
     name = (torch_to_tf if target == "tf" else tf_to_torch)(Path(args.checkpoint), out)
-    print(f"wrote {out} ({name}, {FRAMEWORK_NAMES[target]}) from {args.checkpoint}")
+    if encoder is not None:
+        with atomic_output(out_dir / ENCODER_FILE, "wb", flag="--out") as handle:
+            handle.write(encoder.read_bytes())
+    print(f"wrote {out} ({name}, {FRAMEWORK_NAMES[target]}){' and ' + ENCODER_FILE if encoder else ''} "
+          f"from {args.checkpoint}")
     return 0
 
 

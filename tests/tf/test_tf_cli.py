@@ -81,6 +81,14 @@ def test_train_evaluate_predict_round_trip(criteo, tmp_path):
     assert auc(labels, scores) == pytest.approx(evaluated["auc"], abs=1e-6)
     assert logloss(labels, scores) == pytest.approx(evaluated["logloss"], abs=1e-5)
 
+    # served in PyTorch: the converted run directory scores the raw rows alike, without the store
+    result = run_cli("convert", str(save_dir), "--to", "torch", "--out", str(tmp_path / "served"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "served").iterdir()) == ["best.pt", "encoder.npz"]
+    result = run_cli("predict", str(tmp_path / "served"), str(criteo / "test.tsv"), "--out", str(tmp_path / "torch.tsv"))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "torch.tsv"), scores, rtol=1e-5, atol=1e-6)
+
     # --resume of this run with the other framework: one line pointing to ctrkit convert
     result = run_cli("train", "--framework", "torch", "--model", "deepfm", "--data", str(store), "--epochs", "2",
                      "--batch_size", "256", "--embed_size", "4", "--hidden_units", "16", "--resume",
