@@ -49,6 +49,7 @@ MODEL_HPARAMS = (
     "num_heads",
     "attention_dim",
     "attention_factor",
+    "aux_loss_weight",
 )
 
 # The ranges below are the models' own (``ctrkit/pytorch/layers/_checks.py`` and the constructors);
@@ -88,6 +89,7 @@ class TrainConfig:
     num_heads: int | None = None
     attention_dim: int | None = None
     attention_factor: int | None = None
+    aux_loss_weight: float | None = None
     model_args: dict = field(default_factory=dict)
     # initialisation, regularisation and schedule
     init: str = "xavier_normal"
@@ -228,6 +230,7 @@ class TrainConfig:
         for name in POSITIVE_INT_HPARAMS:
             setattr(self, name, _optional(_positive_int, name, getattr(self, name)))
         self.dropout = _optional(_dropout, "dropout", self.dropout)
+        self.aux_loss_weight = _optional(_float, "aux_loss_weight", self.aux_loss_weight)
         self.batch_norm = _optional(_bool, "batch_norm", self.batch_norm)
         raw = self.hidden_units
         self.hidden_units = _optional(_units, "hidden_units", raw)
@@ -505,6 +508,7 @@ _HELP: dict[str, str] = {
     "num_heads": "AutoInt: attention heads",
     "attention_dim": "AutoInt: attention size per head",
     "attention_factor": "AFM: attention network size",
+    "aux_loss_weight": "DIEN: weight of the auxiliary loss (next behaviour against the next row's; the model's default 1)",
     "model_args": "other model hyper-parameters as key=value,key=value",
     "init": "weights of Linear/Conv1d layers: xavier_normal (the models' own, as in FuxiCTR/BARS) or "
             "torch_default (PyTorch's Kaiming uniform, as in torch-rechub)",

@@ -227,6 +227,7 @@ BOUNDS = [
     ("hidden_units", ("dnn",), [1], [], r"--hidden_units must list at least one layer size for --model dnn, got \[\]"),
     ("cin_layer_units", ALL, [1], [], r"--cin_layer_units must list at least one layer size, got \[\]"),
     ("cin_layer_units", ALL, [2, 1], [1, 1], r"--cin_layer_units must be even except the last .*, got \[1, 1\]"),
+    ("aux_loss_weight", ALL, 0.0, -0.01, "--aux_loss_weight must be >= 0, got -0.01"),
 ]
 BOUND_IDS = [f"{flag}={accepted!r}|{rejected!r}-{'dnn' if models == ('dnn',) else 'all'}"
              for flag, models, accepted, rejected, _ in BOUNDS]
@@ -235,7 +236,8 @@ BOUND_IDS = [f"{flag}={accepted!r}|{rejected!r}-{'dnn' if models == ('dnn',) els
 def tiny_schema():
     from ctrkit.schema import Field, Schema
 
-    return Schema((Field("C1", "sparse", vocab_size=5), Field("C2", "sparse", vocab_size=7), Field("I1", "dense")))
+    return Schema((Field("C1", "sparse", vocab_size=5), Field("C2", "sparse", vocab_size=7), Field("I1", "dense"),
+                   Field("H", "sequence", max_len=3, shares="C2")))  # DIN and DIEN need a sequence
 
 
 def test_bounds_cover_every_model_hparam():
