@@ -147,7 +147,7 @@ class Spill:
         self.n_token_fields = n_token_fields
         self.n_dense = n_dense
         self.sequence_lengths = tuple(sequence_lengths)
-        self.blocks: list[tuple[int, bool]] = []  # (rows, labeled)
+        self.blocks: list[tuple[int, bool, tuple[bool, ...]]] = []  # (rows, labeled, each sequence narrowed to int32)
         self._handle = open(self.path, "wb")
 
     def append(self, block: SpilledBlock) -> None:
@@ -161,9 +161,12 @@ class Spill:
             self._write(block.labels, np.float32)
         if self.n_dense:
             self._write(block.dense, np.float32)
+        narrowed = []
         for sequence in block.sequences:
-            self._write(sequence, np.int64)
-        self.blocks.append((rows, block.labels is not None))
+            narrow = _narrowed(sequence)
+            narrowed.append(narrow is not None)
+            self._write(sequence if narrow is None else narrow, np.int64 if narrow is None else np.int32)
+        self.blocks.append((rows, block.labels is not None, tuple(narrowed)))
 
     def _write(self, array: np.ndarray, dtype: type) -> None:
         # file.write, not ndarray.tofile: a full disk then raises OSError with its errno (ENOSPC)
@@ -172,16 +175,44 @@ class Spill:
     def __iter__(self) -> Iterator[SpilledBlock]:
         self._handle.close()
         with open(self.path, "rb") as handle:
-            for rows, labeled in self.blocks:
+            for rows, labeled, narrowed in self.blocks:
                 split = np.fromfile(handle, np.int8, rows)
                 tokens = [np.fromfile(handle, np.int64, rows) for _ in range(self.n_token_fields)]
                 labels = np.fromfile(handle, np.float32, rows) if labeled else None
                 dense = np.fromfile(handle, np.float32, rows * self.n_dense).reshape(rows, self.n_dense) if self.n_dense else None
-                sequences = [np.fromfile(handle, np.int64, rows * length).reshape(rows, length) for length in self.sequence_lengths]
+                sequences = [
+                    _widened(np.fromfile(handle, np.int32, rows * length)) if narrow else np.fromfile(handle, np.int64, rows * length)
+                    for length, narrow in zip(self.sequence_lengths, narrowed)
+                ]
+                sequences = [sequence.reshape(rows, length) for sequence, length in zip(sequences, self.sequence_lengths)]
                 yield SpilledBlock(split, tokens, labels, dense, sequences)
 
     def close(self) -> None:
         self._handle.close()
+
+
+_I32 = np.iinfo(np.int32)
+_NARROW_PADDING, _NARROW_MISSING = _I32.min, _I32.min + 1
+
+
+def _narrowed(tokens: np.ndarray) -> np.ndarray | None:
+    """Sequence tokens as int32 (PADDING and MISSING as the two lowest int32) when every other
+    token fits, else None: small ids (categories, brands) halve the spill."""
+    special = (tokens == tk.PADDING) | (tokens == tk.MISSING)
+    rest = tokens[~special]
+    if rest.size and (rest.min() <= _NARROW_MISSING or rest.max() > _I32.max):
+        return None
+    out = np.where(special, 0, tokens).astype(np.int32)
+    out[tokens == tk.PADDING] = _NARROW_PADDING
+    out[tokens == tk.MISSING] = _NARROW_MISSING
+    return out
+
+
+def _widened(narrow: np.ndarray) -> np.ndarray:
+    out = narrow.astype(np.int64)
+    out[narrow == _NARROW_PADDING] = tk.PADDING
+    out[narrow == _NARROW_MISSING] = tk.MISSING
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +394,7 @@ def _second_pass(spec, out, options, vocabularies, spill, split_labeled, meta, o
     shared = [next(j for j, s in enumerate(spec.sparse) if s.name == f.shares) for f in spec.sequences]
     group = next((j for j, f in enumerate(spec.sparse) if f.name == spec.group), None) if spec.group else None
     schema = schema_of(spec, vocabularies)
-    total_rows = sum(rows for rows, _ in spill.blocks)
+    total_rows = sum(rows for rows, _, _ in spill.blocks)
 
     def encoded(block: SpilledBlock) -> dict[str, np.ndarray]:
         columns = {"sparse": encoder.encode(block.tokens)}

@@ -217,3 +217,15 @@ def test_bad_sequence_item_names_line_and_column(tmp_path):
     with pytest.raises(InputError, match=r"rows.csv:3: .*hist.*an item is not an integer"):
         pipeline.preprocess(load_spec(spec), [raw], tmp_path / "s.lmdb", pipeline.PipelineOptions(strict=True), progress=False)
     assert not (tmp_path / "s.lmdb").exists()
+
+
+def test_spill_narrows_small_sequence_tokens_and_restores_them_exactly():
+    from ctrkit.data.pipeline import _narrowed, _widened
+    from ctrkit.data.tokens import MISSING, PADDING
+
+    small = np.array([[PADDING, PADDING, 5, MISSING], [7, -3, 2**31 - 1, 0]], dtype=np.int64)
+    narrow = _narrowed(small)
+    assert narrow is not None and narrow.dtype == np.int32
+    np.testing.assert_array_equal(_widened(narrow), small)
+    for big in (2**31, -(2**31) + 1, -(2**40)):  # a token outside int32 (or on a sentinel) keeps int64
+        assert _narrowed(np.array([[PADDING, big]], dtype=np.int64)) is None
