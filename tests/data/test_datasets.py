@@ -229,3 +229,30 @@ def test_spill_narrows_small_sequence_tokens_and_restores_them_exactly():
     np.testing.assert_array_equal(_widened(narrow), small)
     for big in (2**31, -(2**31) + 1, -(2**40)):  # a token outside int32 (or on a sentinel) keeps int64
         assert _narrowed(np.array([[PADDING, big]], dtype=np.int64)) is None
+
+
+def test_table_spec_with_given_split_files_and_a_caret_sequence(tmp_path):
+    """FuxiCTR's tiny Taobao CSVs: train/valid/test files, click_sequence of adgroup ids joined with '^'."""
+    train = shared_file("taobao/fuxictr_tiny_csv/train_sample.csv")
+    valid, test = train.with_name("valid_sample.csv"), train.with_name("test_sample.csv")
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        "name: fuxictr_tiny\nlabel: clk\n"
+        "features:\n"
+        "  - {name: userid, tokens: int}\n  - {name: adgroup_id, tokens: int}\n  - {name: pid}\n"
+        "  - {name: cate_id, tokens: int}\n  - {name: pvalue_level, tokens: int}\n"
+        "  - {name: price, type: numeric, transform: log1p}\n"
+        "  - {name: click_sequence, type: sequence, delimiter: '^', max_len: 5, shares: adgroup_id}\n"
+        "split: {by: files}\ngroup: userid\n"
+    )
+    store = build(tmp_path, "table", train, extra=("--spec", str(spec), "--valid", str(valid), "--test", str(test)))
+    assert [store.split(s).rows for s in ("train", "valid", "test")] == [100, 100, 100]
+    rows = pl.read_csv(train, infer_schema=False)
+    data = store.read_split("train")
+    np.testing.assert_array_equal(data["group"], rows["userid"].cast(pl.Int64).to_numpy())
+    ids = data["seq:click_sequence"]
+    for i, text in enumerate(rows["click_sequence"].fill_null("")):
+        items = [int(x) for x in text.split("^") if x][-5:]
+        got = decoded(store, "adgroup_id", ids[i])
+        assert [int(x) for x in got[got >= 0]] == [x for x in items if x in set(store.vocabulary("adgroup_id"))]
+    assert np.isnan(store.read_split("test")["label"]).sum() == 0
