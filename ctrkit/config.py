@@ -508,7 +508,8 @@ _HELP: dict[str, str] = {
     "num_heads": "AutoInt: attention heads",
     "attention_dim": "AutoInt: attention size per head",
     "attention_factor": "AFM: attention network size",
-    "aux_loss_weight": "DIEN: weight of the auxiliary loss (next behaviour against the next row's; the model's default 1)",
+    "aux_loss_weight": "DIEN: weight of the auxiliary loss (next behaviour against the next row's; "
+                       "the model's default 1)",
     "model_args": "other model hyper-parameters as key=value,key=value",
     "init": "weights of Linear/Conv1d layers: xavier_normal (the models' own, as in FuxiCTR/BARS) or "
             "torch_default (PyTorch's Kaiming uniform, as in torch-rechub)",

@@ -469,7 +469,8 @@ class AuxiliaryLoss(nn.Module):
                 if not (mask[b, t + 1] and mask[b, : t + 1].any()):
                     continue
                 count += 1
-                total = total - torch.log(torch.sigmoid(self.net(torch.cat([states[b, t], items[b, t + 1]])[None])))[0, 0]
+                pos = self.net(torch.cat([states[b, t], items[b, t + 1]])[None])
+                total = total - torch.log(torch.sigmoid(pos))[0, 0]
                 other = (b + 1) % batch
                 if mask[other, t + 1]:
                     neg = self.net(torch.cat([states[b, t], items[other, t + 1]])[None])

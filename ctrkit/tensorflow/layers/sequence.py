@@ -133,7 +133,8 @@ class TargetAttention(keras.layers.Layer):
         self.activation = activation
         policy = self.dtype_policy
         widths = (4 * self.dim,) + self.hidden_units
-        self.linears = [dense(b, a, dtype=policy, name=f"linear_{i}") for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
+        self.linears = [dense(b, a, dtype=policy, name=f"linear_{i}")
+                        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
         self.activations = [_activation(activation, u, policy, i) for i, u in enumerate(self.hidden_units)]
         self.score = dense(1, self.hidden_units[-1], dtype=policy, name="score")
         self.built = True
@@ -321,7 +322,8 @@ class AuxiliaryLoss(keras.layers.Layer):
         dtype = first.compute_dtype
         kernel = tf.cast(first.kernel, dtype)  # (H + E, U)
         # W [h; e] + b = W_h h + W_e e + b: each state and each item projected once (see the torch block)
-        h_part = tf.einsum("blh,hu->blu", tf.cast(states[:, :-1], dtype), kernel[:self.state_dim]) + tf.cast(first.bias, dtype)
+        h_part = tf.einsum("blh,hu->blu", tf.cast(states[:, :-1], dtype), kernel[:self.state_dim])
+        h_part = h_part + tf.cast(first.bias, dtype)  # (B, L-1, U)
         e_part = tf.einsum("ble,eu->blu", tf.cast(items, dtype), kernel[self.state_dim:])  # (B, L, U)
         x = tf.stack([h_part + e_part[:, 1:], h_part + tf.roll(e_part, -1, axis=0)[:, 1:]])  # (2, B, L-1, U)
         for layer in rest:
