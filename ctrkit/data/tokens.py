@@ -54,25 +54,34 @@ def _mix(z: np.ndarray) -> np.ndarray:
 def string_tokens(values: pl.Series, max_bytes: int) -> pl.Series:
     """The token of each string (see the module docstring); ``max_bytes`` bounds the fold.
 
-    Computed in numpy once per distinct value (a polars expression of the fold grows
-    exponentially with the number of pieces); null and "" give null.
+    A string of at most 8 bytes is its hex spelling parsed as an integer, in polars; the fold of
+    the longer ones runs in numpy once per distinct value (a polars expression of the fold grows
+    exponentially with the number of pieces). Null and "" give null.
     """
-    distinct = values.drop_nulls().unique()
+    lengths = values.str.len_bytes()
+    short = values.str.encode("hex").str.to_integer(base=16, dtype=pl.UInt64, strict=False).reinterpret(signed=True)
+    long = (lengths > 8).fill_null(False)
+    if not long.any():
+        return pl.select(pl.when(lengths > 0).then(short)).to_series().alias(values.name)
+    distinct = values.filter(long).unique()
+    folded = pl.Series(_folded(distinct, max_bytes), dtype=pl.Int64)
+    mapped = values.replace_strict(distinct, folded, default=None, return_dtype=pl.Int64)
+    return pl.select(pl.when(long).then(mapped).when(lengths > 0).then(short)).to_series().alias(values.name)
+
+
+def _folded(distinct: pl.Series, max_bytes: int) -> np.ndarray:
+    """The splitmix64 fold of strings longer than 8 bytes (their first ``max_bytes`` bytes)."""
     lengths = distinct.str.len_bytes().to_numpy().astype(np.int64)
     width = 8 * max(1, math.ceil(max_bytes / 8))
     fixed = np.array(distinct.cast(pl.Binary).to_list(), dtype=f"S{width}").reshape(-1)  # prefix, NUL-padded
     words = np.frombuffer(fixed.tobytes(), dtype=">u8").reshape(len(distinct), width // 8).astype(np.uint64)
     with np.errstate(over="ignore"):
         folded = _mix(lengths.astype(np.uint64) * np.uint64(_GOLDEN))
-        short = np.zeros(len(distinct), np.uint64)
         for k in range(width // 8):
             have = np.clip(lengths - 8 * k, 0, 8)  # bytes of piece k: its integer is right-aligned
             piece = np.where(have > 0, words[:, k] >> (np.uint64(8) * (8 - have).astype(np.uint64)), np.uint64(0))
-            short = piece if k == 0 else short
             folded = np.where(lengths > 8 * k, _mix(folded ^ piece), folded)
-    token = np.where(lengths <= 8, short, folded).view(np.int64)
-    new = pl.select(pl.when(pl.Series(lengths > 0)).then(pl.Series(token, dtype=pl.Int64))).to_series()  # "": missing
-    return values.replace_strict(distinct, new, default=None, return_dtype=pl.Int64)
+    return folded.view(np.int64)
 
 
 def string_token(value: pl.Expr, max_bytes: int) -> pl.Expr:
