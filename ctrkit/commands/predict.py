@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.out, inputs=inputs)  # before anything is read or written
     if not Path(args.raw).is_file():
         raise InputError(f"no such file: {args.raw}")
+    trainer = load_trainer(args.checkpoint, overrides)  # a broken checkpoint is named first
     encoder, schema_source = _encoder(args)
-    trainer = load_trainer(args.checkpoint, overrides)
     trainer.check_schema(schema_source)
     rows = _write_scores(trainer, encoder, args.raw, args.out, overrides["eval_batch_size"], inputs)
     print(f"wrote {rows} probabilities to {output_name(args.out)}", file=summary_stream(args.out))

@@ -59,8 +59,12 @@ def test_encoder_file_round_trip_and_missing_encoder(tmp_path, capsys):
     assert a.spec == b.spec.__class__(**{**b.spec.__dict__, "origin": a.spec.origin})
     assert all(np.array_equal(a.vocabularies[k], b.vocabularies[k]) for k in a.vocabularies)
     assert a.schema.to_dict() == b.schema.to_dict() == Store(store).schema.to_dict()
-    # a run directory without encoder.npz and no --data: one line saying what to give
-    (tmp_path / "empty").mkdir()
-    assert main(["predict", str(tmp_path / "empty"), str(raw), "--out", str(tmp_path / "o.csv")]) == 2
+    # a run directory without encoder.npz (trained before encoders were saved) and no --data:
+    # one line saying what to give
+    old_run = tmp_path / "old_run"
+    assert main(["train", "--model", "lr", "--data", str(store), "--epochs", "1", "--model_save_dir", str(old_run)]) == 0
+    (old_run / ENCODER_FILE).unlink()
+    capsys.readouterr()
+    assert main(["predict", str(old_run / "last.pt"), str(raw), "--out", str(tmp_path / "o.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no encoder.npz" in err[0] and "--data" in err[0]
