@@ -2,7 +2,8 @@
 
 The device rules mirror the PyTorch trainer's (``--gpu_ids``, ``--cpu_processes``):
 
-* no ``gpu_ids`` -> the default strategy (one replica, CPU);
+* no ``gpu_ids`` -> the default strategy on the CPU (GPUs hidden from TensorFlow, as torch's
+  trainer uses none unless asked: :func:`hide_gpus`);
 * one id ``N`` -> ``OneDeviceStrategy("/gpu:N")``;
 * several ids -> ``MirroredStrategy`` over those GPUs (all-reduce of the gradients each step,
   the global batch split evenly: :func:`ctrkit.tensorflow.loader.make_distributed_dataset`);
@@ -123,7 +124,22 @@ def make_strategy(gpu_ids: Sequence[int] = (), cpu_processes: int = 0) -> tf.dis
         return tf.distribute.OneDeviceStrategy(f"/gpu:{gpu_ids[0]}")
     if gpu_ids:
         return tf.distribute.MirroredStrategy(devices=[f"/gpu:{i}" for i in gpu_ids])
+    if not hide_gpus():
+        return tf.distribute.OneDeviceStrategy("/cpu:0")
     return tf.distribute.get_strategy()
+
+
+def hide_gpus() -> bool:
+    """Hide every GPU from TensorFlow (which would otherwise place ops on GPU 0 unasked); whether
+    that worked. Too late once TensorFlow has initialised its devices: False, and the caller pins
+    the run to the CPU by its strategy instead."""
+    if not tf.config.list_physical_devices("GPU"):
+        return True
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        return False
+    return True
 
 
 def _multi_worker_strategy(gpu_ids: list[int], cpu_processes: int) -> tf.distribute.Strategy:

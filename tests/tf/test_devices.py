@@ -60,6 +60,24 @@ def test_no_gpu_ids_is_the_default_strategy(monkeypatch):
     assert strategy.num_replicas_in_sync == 1
 
 
+def test_no_gpu_ids_hides_the_gpus_or_pins_the_cpu(monkeypatch):
+    """On a GPU build, TensorFlow would place the run on GPU 0 unasked; torch's trainer uses none."""
+    fake = [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")]
+    hidden, made = [], []
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: fake if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda devs, kind=None: hidden.append((devs, kind)))
+    assert devices.make_strategy() is tf.distribute.get_strategy()
+    assert hidden == [([], "GPU")]
+
+    def too_late(devs, kind=None):
+        raise RuntimeError("Visible devices cannot be modified after being initialized")
+
+    monkeypatch.setattr(tf.config, "set_visible_devices", too_late)
+    monkeypatch.setattr(tf.distribute, "OneDeviceStrategy", lambda device: made.append(device) or "one")
+    assert devices.make_strategy() == "one" and made == ["/cpu:0"]
+
+
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="checks the messages of a GPU-less machine")
 @pytest.mark.parametrize("gpu_ids", [[0], [0, 1]])
 def test_missing_gpus_are_one_line_config_errors(gpu_ids):
