@@ -79,7 +79,6 @@ from ctrkit.data.store import Store
 from ctrkit.errors import ConfigError, InputError, StoreError
 from ctrkit.fileio import atomic_output, is_disk_full
 from ctrkit.fileio import json_safe  # noqa: F401 (moved to ctrkit.fileio; old import path kept)
-from ctrkit.metrics import evaluation_metrics
 from ctrkit.pytorch.layers import Bias, EmbeddingTable
 from ctrkit.pytorch.loader import make_loader, to_tensors
 from ctrkit.runtime import busy_cores_advice, keep_freed_memory
@@ -87,6 +86,7 @@ from ctrkit.schema import Schema
 from ctrkit.training.backend import RunMeta
 from ctrkit.training.errors import TrainingDivergedError, TrainingInterrupted  # noqa: F401 (old import path kept)
 from ctrkit.training.frameworks import train_from_config  # noqa: F401 (the entry point of `ctrkit train`)
+from ctrkit.training.facade import TrainerFacade
 from ctrkit.training.loop import TrainingLoop
 from ctrkit.training.objective import GROUP, split_output, training_objective
 from ctrkit.training.policy import (  # noqa: F401 (moved to ctrkit.training.policy; old import paths kept)
@@ -546,7 +546,7 @@ def _gather_padded(tensor: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # The trainer: the torch Backend of ctrkit.training.loop.TrainingLoop, and the public API
 # ---------------------------------------------------------------------------------------------
-class Trainer:
+class Trainer(TrainerFacade):
     """Fit, evaluate and predict with one model.
 
     Args:
@@ -622,16 +622,6 @@ class Trainer:
     def device(self) -> torch.device:
         return self.ctx.device
 
-    @property
-    def progress(self) -> Progress:
-        """Where the current (or last) run stands."""
-        return self.loop.progress if self.loop is not None else Progress()
-
-    @property
-    def schedule(self) -> PlateauSchedule | None:
-        """The learning-rate schedule of the current (or last) run."""
-        return self.loop.schedule if self.loop is not None else None
-
     # -- public API --------------------------------------------------------------------------
     def fit(self, store: Store | str | os.PathLike) -> dict[str, Any]:
         """Train on ``store`` (splits ``train``, ``valid``, optional ``test``); returns the metrics.
@@ -648,16 +638,6 @@ class Trainer:
             with open_run_directory(cfg.save_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=self._log):
                 return self._spawn(store)
         return self._run(store, env)
-
-    def evaluate(self, store: Store | str | os.PathLike, split: str = "test") -> dict[str, Any]:
-        """AUC, logloss, rows and observed CTR (and gAUC, with a ``group`` column) of the current weights."""
-        store = store if isinstance(store, Store) else Store(store)
-        self.check_schema(store)
-        if not store.split(split).labeled:
-            raise StoreError(f"split {split!r} of {store.path} has no labels; use `ctrkit predict`")
-        self.model.to(self.device)
-        probs, labels, groups = self._predict_split(store, split)
-        return {"split": split, **evaluation_metrics(labels, probs, groups)}
 
     def predict(self, batches: BatchReader | Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Click probabilities (float64 ``[N]``) for a reader's epoch 0 or any iterable of batches.
@@ -676,17 +656,7 @@ class Trainer:
             return np.zeros(0)
         return torch.cat(probs).double().cpu().numpy()
 
-    def check_schema(self, store: Store) -> None:
-        """StoreError unless ``store`` has the schema the model was trained on (adopts it if none yet)."""
-        if self.schema is None:
-            self.schema = store.schema
-        elif self.schema.to_dict() != store.schema.to_dict():
-            raise StoreError(
-                f"store {store.path} has a different schema (fields or vocabulary sizes) from the one "
-                "this model was trained on; use the store the model was trained with"
-            )
-
-    _check_schema = check_schema  # the name before issue 8
+    _check_schema = TrainerFacade.check_schema  # the name before issue 8
 
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(objective, bce)`` of one batch in training mode (:func:`~ctrkit.training.objective.training_objective`)."""
@@ -985,6 +955,7 @@ class Trainer:
     # -- Backend: evaluation -------------------------------------------------------------------
     def predict_split(self, store: Store, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         was_training = self._train_model.training
+        self.model.to(self.device)  # a no-op inside a run; a loaded model may still be on the CPU
         try:
             return self._predict_split(store, split)
         finally:

@@ -83,7 +83,6 @@ from ctrkit.data.contract import check_batch
 from ctrkit.data.store import Store
 from ctrkit.errors import ConfigError, CtrkitError, InputError, StoreError
 from ctrkit.fileio import atomic_output
-from ctrkit.metrics import evaluation_metrics
 from ctrkit.parity import LAYOUTS
 from ctrkit.schema import Schema
 from ctrkit.tensorflow.devices import check_gpu_ids, make_strategy, multi_worker_config, precision_policy
@@ -92,9 +91,9 @@ from ctrkit.tensorflow.layers.mlp import torch_default_initialise
 from ctrkit.tensorflow.loader import make_dataset, make_distributed_dataset, to_tensors
 from ctrkit.tensorflow.optimizers import TorchRuleOptimizer, build_optimizer, parameter_groups  # noqa: F401
 from ctrkit.training.backend import RunMeta
+from ctrkit.training.facade import TrainerFacade
 from ctrkit.training.loop import TrainingLoop
 from ctrkit.training.objective import GROUP, LABEL, split_output, training_objective
-from ctrkit.training.policy import PlateauSchedule
 from ctrkit.training.progress import Progress
 from ctrkit.training.regularization import RegularizationSpec
 from ctrkit.training.reporting import no_tensorboard_warning
@@ -454,7 +453,7 @@ class SummaryScalarWriter:
 # ---------------------------------------------------------------------------------------------
 # The trainer: the TF Backend of ctrkit.training.loop.TrainingLoop, and the public API
 # ---------------------------------------------------------------------------------------------
-class Trainer:
+class Trainer(TrainerFacade):
     """Fit, evaluate and predict with one Keras model.
 
     Args:
@@ -538,14 +537,6 @@ class Trainer:
             return "cpu"
         return ",".join(d.lower().split("device:")[-1] for d in devices)
 
-    @property
-    def progress(self) -> Progress:
-        return self.loop.progress if self.loop is not None else Progress()
-
-    @property
-    def schedule(self) -> PlateauSchedule | None:
-        return self.loop.schedule if self.loop is not None else None
-
     # -- public API --------------------------------------------------------------------------
     def fit(self, store: Store | str | os.PathLike) -> dict[str, Any]:
         """Train on ``store`` (splits ``train``, ``valid``, optional ``test``); returns the metrics."""
@@ -558,15 +549,6 @@ class Trainer:
         self.loop = TrainingLoop(self, self.config, meta, step_hook=self.step_hook)
         return self.loop.run(store)
 
-    def evaluate(self, store: Store | str | os.PathLike, split: str = "test") -> dict[str, Any]:
-        """AUC, logloss, rows and observed CTR (and gAUC, with a ``group`` column) of the current weights."""
-        store = store if isinstance(store, Store) else Store(store)
-        self.check_schema(store)
-        if not store.split(split).labeled:
-            raise StoreError(f"split {split!r} of {store.path} has no labels; use `ctrkit predict`")
-        probs, labels, groups = self.predict_split(store, split)
-        return {"split": split, **evaluation_metrics(labels, probs, groups)}
-
     def predict(self, batches: BatchReader | Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Click probabilities (float64 ``[N]``) for a reader's epoch 0 or any iterable of batches
         (checked against the schema first: :func:`ctrkit.data.contract.check_batch`)."""
@@ -576,16 +558,6 @@ class Trainer:
             iterable = (to_tensors(self._checked_batch(b, i)) for i, b in enumerate(batches))
         probs = [self._predict_batch(batch).numpy() for batch in iterable]
         return np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
-
-    def check_schema(self, store: Store) -> None:
-        """StoreError unless ``store`` has the schema the model was trained on (adopts it if none yet)."""
-        if self.schema is None:
-            self.schema = store.schema
-        elif self.schema.to_dict() != store.schema.to_dict():
-            raise StoreError(
-                f"store {store.path} has a different schema (fields or vocabulary sizes) from the one "
-                "this model was trained on; use the store the model was trained with"
-            )
 
     def compute_loss(self, batch: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         """``(objective, bce)`` of one batch in training mode, float32 (call inside a GradientTape)."""
