@@ -76,6 +76,7 @@ def train_from_config(config: Any, *, warn: Callable[[str], None] | None = None)
     ``--resume``/``--overwrite``) are raised before a file is written.
     """
     from ctrkit.data.store import Store
+    from ctrkit.registry import check_fits_in_memory
 
     config.validate()
     if not config.data:
@@ -89,6 +90,7 @@ def train_from_config(config: Any, *, warn: Callable[[str], None] | None = None)
     for split in ("train", "valid"):
         if split not in store.splits or not store.splits[split].labeled:
             raise StoreError(f"--data: store {store.path} has no labeled {split!r} split, which training needs")
+    check_fits_in_memory(config.model, store.schema, config.hparams())  # before a table is allocated
     main_process = rank == 0
     if config.resume and main_process:  # rank 0 reads it
         check_resume_source(config.save_dir, config.framework)

@@ -73,3 +73,29 @@ def test_regularization_spec():
         spec.group_of("gamma")
     config = TrainConfig(model="lr", weight_decay=1e-3, embedding_l2=2e-4).validate()
     assert RegularizationSpec.from_config(config) == RegularizationSpec(1e-3, 2e-4)
+
+
+def test_train_refuses_a_model_whose_embedding_tables_do_not_fit_in_memory(tmp_path, monkeypatch, capsys):
+    """ONN's field-aware tables hold vocabulary x fields x dim floats: refused in one line before any work."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from _train_helpers import build_store
+
+    from ctrkit import registry
+    from ctrkit.cli import main
+
+    store = build_store(tmp_path / "s.lmdb", train=600, valid=200, test=200)
+    rows = store.schema.total_vocab + len(store.schema.dense)
+    fields = len(store.schema.sparse) + len(store.schema.dense)
+    onn_bytes = registry.embedding_bytes("onn", store.schema, {"embed_size": 16})
+    assert onn_bytes == rows * fields * 16 * 4  # (V + n_dense) x F x D float32
+    monkeypatch.setattr(registry, "available_memory_bytes", lambda: 100_000)  # between DeepFM's and ONN's need
+    common = ["train", "--data", str(store.path), "--epochs", "1", "--embed_size", "16"]
+    assert main([*common, "--model", "onn", "--model_save_dir", str(tmp_path / "onn")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctrkit train: error: model onn does not fit in memory: its embedding tables need about")
+    assert "lower --embed_size" in err and "\n" not in err
+    assert not (tmp_path / "onn").exists()  # nothing written
+    assert main([*common, "--model", "deepfm", "--model_save_dir", str(tmp_path / "deepfm")]) == 0
