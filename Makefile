@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   set up .venv, generate synthetic Criteo rows, build a store, train LR and DeepFM
+#   make demo   set up .venv, generate synthetic Criteo rows, build a store, train LR and DeepFM (torch, tf)
 #   make test   set up .venv, run the test suite
 PYTHON ?= python3
 VENV   := .venv
