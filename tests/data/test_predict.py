@@ -19,12 +19,12 @@ def train_lr(store, save_dir):
     from ctrkit.pytorch.trainer import train_from_config
 
     train_from_config(TrainConfig(model="lr", data=str(store), epochs=1, batch_size=256, threads=1, model_save_dir=str(save_dir)))
-    copy_encoder_to_run_dir(store, save_dir)  # what the trainers do once wired; idempotent
 
 
 @pytest.mark.parametrize("dataset, train_file, test_file, label_column", [
     ("avazu", "avazu/wide_resdnn/avazu_train.csv", "avazu/wide_resdnn/avazu_test.csv", 1),
     ("movielens", "movielens/deepctr_movielens_sample.csv", "movielens/torchrechub_ml-1m_sample.csv", None),
+    ("taobao-joined", "taobao/paddlerec_dmr_alimama_sampled_train.csv", "taobao/deepctr_alimama_sample.csv", None),
 ])
 def test_predict_raw_rows_from_the_checkpoint_alone(tmp_path, capsys, dataset, train_file, test_file, label_column):
     train_raw, test_raw = shared_file(train_file), shared_file(test_file)
