@@ -30,8 +30,8 @@ class ONN(CTRModel):
     it and ``check_fits_in_memory`` refuses a configuration that would not fit.
 
     Choices: the product is the inner product of the ONN paper (``product="inner"``, as FuxiCTR's
-    ONN); ``product="hadamard"`` keeps the element-wise products (the NFFM competition model,
-    FuxiCTR's ONNv2). No first-order term: the paper's model and FuxiCTR's have none. Defaults
+    ONN and ONNv2); ``product="hadamard"`` keeps the element-wise products (the NFFM competition model,
+    as DeepCTR's ONN). No first-order term: the paper's model and FuxiCTR's have none. Defaults
     are FuxiCTR's ONN (``embedding_dim=2``, ``hidden_units=[64, 64, 64]``, ReLU, no dropout or
     batch norm).
 

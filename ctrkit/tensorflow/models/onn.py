@@ -29,8 +29,8 @@ class ONN(CTRModel):
     copy embedding), see :class:`~ctrkit.tensorflow.layers.OperationAwareInteraction`. The table
     holds ``(vocabulary + dense fields) x F x D`` floats (``ctrkit.registry.embedding_bytes``).
 
-    Choices as the torch model: ``product="inner"`` (the ONN paper, FuxiCTR's ONN) or
-    ``"hadamard"`` (NFFM, FuxiCTR's ONNv2); no first-order term; FuxiCTR's ONN defaults.
+    Choices as the torch model: ``product="inner"`` (the ONN paper, FuxiCTR's ONN and ONNv2) or
+    ``"hadamard"`` (NFFM, as DeepCTR's ONN); no first-order term; FuxiCTR's ONN defaults.
 
     Args:
         schema: the input schema.
