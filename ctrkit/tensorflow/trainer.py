@@ -619,7 +619,9 @@ class Trainer(TrainerFacade):
             dataset = make_dataset(reader, epoch, start_batch)
         if self._train_fn is None:
             self._train_fn = tf.function(self._step, input_signature=[dataset.element_spec])
-        yield from raising_ctrkit_errors(dataset)
+            # traced here, before the loop starts the epoch's clock: rows/s is the steps' rate
+            self._train_fn.get_concrete_function()
+        return raising_ctrkit_errors(dataset)
 
     def begin_epoch(self) -> None:
         pass  # Keras takes the mode per call (training=True in the step)
