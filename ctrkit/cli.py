@@ -8,6 +8,7 @@ Each command module defines ``register(subparsers)``, which adds its parser and 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import signal
@@ -19,8 +20,45 @@ from ctrkit.errors import CtrkitError
 COMMANDS = ("synth", "preprocess", "inspect", "models", "train", "evaluate", "predict", "convert")
 
 
+class CtrkitArgumentParser(argparse.ArgumentParser):
+    """``argparse`` with both spellings of every long flag (``--batch_size`` and ``--batch-size``)
+    and a "did you mean" for an unknown one. Sub-command parsers are of this class too."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._known_spelling(token) for token in args], namespace)
+
+    def _known_spelling(self, token: str) -> str:
+        """``token`` with ``-`` and ``_`` swapped in its flag name where only that spelling is known."""
+        if not token.startswith("--") or len(token) < 3:
+            return token
+        name, equals, value = token.partition("=")
+        if name in self._option_string_actions:
+            return token
+        body = name[2:]
+        prefix, rest = ("no-", body[3:]) if body.startswith(("no-", "no_")) else ("", body)
+        for candidate in (rest.replace("-", "_"), rest.replace("_", "-")):
+            for spelled in (f"--{prefix}{candidate}", f"--{candidate}" if not prefix else f"--no_{candidate}"):
+                if spelled in self._option_string_actions:
+                    return spelled + equals + value
+        return token
+
+    def unknown_flags_message(self, extras: list[str]) -> str:
+        """``unrecognized arguments: …`` with the closest known flag for each unknown one."""
+        known = sorted(o for o in self._option_string_actions if o.startswith("--"))
+        hints = []
+        for token in extras:
+            name = token.partition("=")[0]
+            if name.startswith("--"):
+                close = difflib.get_close_matches(name.replace("-", "_"), [k.replace("-", "_") for k in known], n=1)
+                if close:
+                    hints.append(f"{name}: did you mean {known[[k.replace('-', '_') for k in known].index(close[0])]}?")
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        return message + ("; " + "; ".join(hints) if hints else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CtrkitArgumentParser(
         prog="ctrkit",
         description="Deep CTR models in PyTorch and TensorFlow, trained from an LMDB store.",
     )
@@ -33,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # the sub-command's own usage line and the closest flags, not the top-level usage
+        command = _chosen_parser(parser, args)
+        command.error(command.unknown_flags_message(extras))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -54,6 +95,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ctrkit {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the sub-command ``args`` chose, the deepest one (``preprocess criteo``)."""
+    while True:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, actions[0].dest, None) if actions else None
+        if chosen not in (actions[0].choices if actions else {}):
+            return parser
+        parser = actions[0].choices[chosen]
 
 
 def _file_system_error(exc: Exception) -> str | None:
