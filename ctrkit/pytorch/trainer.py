@@ -86,7 +86,7 @@ from ctrkit.schema import Schema
 from ctrkit.training.backend import RunMeta
 from ctrkit.training.errors import TrainingDivergedError, TrainingInterrupted  # noqa: F401 (old import path kept)
 from ctrkit.training.frameworks import train_from_config  # noqa: F401 (the entry point of `ctrkit train`)
-from ctrkit.training.facade import TrainerFacade
+from ctrkit.training.facade import TrainerFacade, open_store
 from ctrkit.training.loop import TrainingLoop
 from ctrkit.training.objective import GROUP, split_output, training_objective
 from ctrkit.training.policy import (  # noqa: F401 (moved to ctrkit.training.policy; old import paths kept)
@@ -100,6 +100,7 @@ from ctrkit.training.progress import Progress
 from ctrkit.training.regularization import GROUPS, RegularizationSpec
 from ctrkit.training.reporting import METRICS, TENSORBOARD, no_tensorboard_warning  # noqa: F401 (TENSORBOARD: old import path)
 from ctrkit.training.rundir import (  # noqa: F401 (moved to ctrkit.training.rundir; old import paths kept)
+    check_checkpoint_entries,
     RUN_FILES,
     check_previous_run,
     check_run_directory,
@@ -290,7 +291,7 @@ def check_checkpoint(payload: Any, path: str | os.PathLike) -> None:
     """InputError unless ``payload`` has every entry of a ctrkit checkpoint, of the right type, and finite weights."""
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a ctrkit PyTorch checkpoint")
-    _check_entries(payload, _CHECKPOINT_ENTRIES, path)
+    check_checkpoint_entries(payload, _CHECKPOINT_ENTRIES, path)
     if payload["version"] > CHECKPOINT_VERSION:
         raise InputError(f"{path} has checkpoint version {payload['version']}, newer than this ctrkit reads")
     state = payload["model"]
@@ -307,25 +308,13 @@ def check_checkpoint(payload: Any, path: str | os.PathLike) -> None:
 
 def check_resume_entries(payload: Mapping[str, Any], path: str | os.PathLike) -> None:
     """InputError unless a ``last.pt`` holds what ``--resume`` needs (optimiser, scheduler, progress, RNG)."""
-    _check_entries(payload, _RESUME_ENTRIES, path)
+    check_checkpoint_entries(payload, _RESUME_ENTRIES, path)
     progress = payload["progress"]
     missing = Progress.missing(progress)
     if missing:
         raise InputError(f"{path}: its 'progress' entry lacks {', '.join(missing)}; the checkpoint is damaged")
     if not isinstance(progress["epoch_loss_sum"], torch.Tensor):
         raise InputError(f"{path}: progress 'epoch_loss_sum' is not a tensor; the checkpoint is damaged")
-
-
-def _check_entries(payload: Mapping[str, Any], entries: Mapping[str, type], path: str | os.PathLike) -> None:
-    for key, kind in entries.items():
-        if key not in payload:
-            raise InputError(f"{path}: the checkpoint has no {key!r} entry; it is damaged or was not written by ctrkit")
-        value = payload[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise InputError(
-                f"{path}: the checkpoint's {key!r} entry is a {type(value).__name__}, not a {kind.__name__}; "
-                "it is damaged"
-            )
 
 
 def first_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -629,7 +618,7 @@ class Trainer(TrainerFacade):
         Spawns one process per device when the config asks for several (unless already inside a
         torchrun group); the returned metrics are then read back from ``metrics.json``.
         """
-        store = store if isinstance(store, Store) else Store(store)
+        store = open_store(store)
         self.check_schema(store)
         self._check_rebuildable()
         env = torchrun_env()

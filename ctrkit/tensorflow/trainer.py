@@ -91,13 +91,13 @@ from ctrkit.tensorflow.layers.mlp import torch_default_initialise
 from ctrkit.tensorflow.loader import make_dataset, make_distributed_dataset, to_tensors
 from ctrkit.tensorflow.optimizers import TorchRuleOptimizer, build_optimizer, parameter_groups  # noqa: F401
 from ctrkit.training.backend import RunMeta
-from ctrkit.training.facade import TrainerFacade
+from ctrkit.training.facade import TrainerFacade, open_store
 from ctrkit.training.loop import TrainingLoop
 from ctrkit.training.objective import GROUP, LABEL, split_output, training_objective
 from ctrkit.training.progress import Progress
 from ctrkit.training.regularization import RegularizationSpec
 from ctrkit.training.reporting import no_tensorboard_warning
-from ctrkit.training.rundir import checkpoint_name
+from ctrkit.training.rundir import check_checkpoint_entries, checkpoint_name
 
 CHECKPOINT_FORMAT = "ctrkit-tf-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -270,7 +270,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     meta, tensors = read_checkpoint_file(path)
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a ctrkit TensorFlow checkpoint")
-    _check_entries(meta, _CHECKPOINT_ENTRIES, path)
+    check_checkpoint_entries(meta, _CHECKPOINT_ENTRIES, path)
     if meta["version"] > CHECKPOINT_VERSION:
         raise InputError(f"{path} has checkpoint version {meta['version']}, newer than this ctrkit reads")
     payload = dict(meta)
@@ -298,22 +298,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def check_resume_entries(payload: Mapping[str, Any], path: str | os.PathLike) -> None:
     """InputError unless a ``last.tf`` holds what ``--resume`` needs (optimiser, scheduler, progress, RNG)."""
-    _check_entries(payload, _RESUME_ENTRIES, path)
+    check_checkpoint_entries(payload, _RESUME_ENTRIES, path)
     missing = Progress.missing(payload["progress"])
     if missing:
         raise InputError(f"{path}: its 'progress' entry lacks {', '.join(missing)}; the checkpoint is damaged")
     if payload["numpy_keys"] is None:
         raise InputError(f"{path}: the checkpoint has no numpy RNG state; it is damaged")
-
-
-def _check_entries(payload: Mapping[str, Any], entries: Mapping[str, type], path: str | os.PathLike) -> None:
-    for key, kind in entries.items():
-        if key not in payload:
-            raise InputError(f"{path}: the checkpoint has no {key!r} entry; it is damaged or was not written by ctrkit")
-        value = payload[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise InputError(f"{path}: the checkpoint's {key!r} entry is a {type(value).__name__}, "
-                             f"not a {kind.__name__}; it is damaged")
 
 
 def first_non_finite(state: Mapping[str, np.ndarray]) -> str | None:
@@ -540,7 +530,7 @@ class Trainer(TrainerFacade):
     # -- public API --------------------------------------------------------------------------
     def fit(self, store: Store | str | os.PathLike) -> dict[str, Any]:
         """Train on ``store`` (splits ``train``, ``valid``, optional ``test``); returns the metrics."""
-        store = store if isinstance(store, Store) else Store(store)
+        store = open_store(store)
         self.check_schema(store)
         if self.config.batch_size % self.replicas:
             raise ConfigError(f"--batch_size {self.config.batch_size} must be divisible by the number of "

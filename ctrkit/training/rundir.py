@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from ctrkit.errors import ConfigError, OutputError
+from ctrkit.errors import ConfigError, InputError, OutputError
 from ctrkit.fileio import clean_directory_debris, os_error_message, target_lock
 from ctrkit.data.encoder import ENCODER_FILE
 from ctrkit.training.reporting import METRICS, TENSORBOARD
@@ -194,3 +194,15 @@ def check_resumable(payload: Mapping[str, Any], path: Path, *, config: Any, hpar
         )
     if payload["schema"] != dict(schema):
         raise ConfigError(f"--resume: {path} was trained on a store with a different schema than --data")
+
+
+def check_checkpoint_entries(payload: Mapping[str, Any], entries: Mapping[str, type], path: str | os.PathLike) -> None:
+    """InputError (one line naming ``path``) unless ``payload`` holds each of ``entries`` with its type
+    (an ``int`` entry may not be a bool): the entry check of both frameworks' checkpoints."""
+    for key, kind in entries.items():
+        if key not in payload:
+            raise InputError(f"{path}: the checkpoint has no {key!r} entry; it is damaged or was not written by ctrkit")
+        value = payload[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InputError(f"{path}: the checkpoint's {key!r} entry is a {type(value).__name__}, "
+                             f"not a {kind.__name__}; it is damaged")
