@@ -593,6 +593,12 @@ class Store:
         except KeyError:
             raise StoreError(f"store {self.path} has no split {name!r} (it has {sorted(self.splits)})") from None
 
+    def carries_groups(self, split: str) -> bool:
+        """Whether the rows of ``split`` carry the optional ``group`` column (a user id per row, for
+        gAUC); seen on its first row, since a store's chunks all hold the same columns."""
+        info = self.split(split)
+        return bool(info.num_chunks) and "group" in self.read_rows(split, [(0, 0, 1)])
+
     def read_chunk(self, split: str, index: int) -> dict[str, np.ndarray]:
         """Arrays of one chunk (copies out of LMDB).
 

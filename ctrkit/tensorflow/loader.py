@@ -89,7 +89,7 @@ def reader_signature(reader: BatchReader) -> dict[str, tf.TensorSpec]:
     when the split's rows carry one (the per-row group id of gAUC; seen on its first row)."""
     spec = batch_signature(reader.store.schema, labeled=reader.info.labeled, columns=reader.columns)
     wanted = reader.columns is None or "group" in reader.columns
-    if wanted and reader.info.num_chunks and "group" in reader.store.read_rows(reader.split, [(0, 0, 1)]):
+    if wanted and reader.store.carries_groups(reader.split):
         spec["group"] = tf.TensorSpec([None], tf.int64, name="group")
     return spec
 

@@ -91,6 +91,9 @@ def train_from_config(config: Any, *, warn: Callable[[str], None] | None = None)
         if split not in store.splits or not store.splits[split].labeled:
             raise StoreError(f"--data: store {store.path} has no labeled {split!r} split, which training needs")
     check_fits_in_memory(config.model, store.schema, config.hparams())  # before a table is allocated
+    if config.monitor == "gauc" and not store.carries_groups("valid"):  # rather than after an epoch
+        raise ConfigError(f"--monitor gauc: the validation rows of store {store.path} carry no user (group) column, "
+                          "so gAUC cannot be computed; use a store with one, or --monitor auc")
     main_process = rank == 0
     if config.resume and main_process:  # rank 0 reads it
         check_resume_source(config.save_dir, config.framework)

@@ -99,3 +99,23 @@ def test_train_refuses_a_model_whose_embedding_tables_do_not_fit_in_memory(tmp_p
     assert "lower --embed_size" in err and "\n" not in err
     assert not (tmp_path / "onn").exists()  # nothing written
     assert main([*common, "--model", "deepfm", "--model_save_dir", str(tmp_path / "deepfm")]) == 0
+
+
+def test_train_with_monitor_gauc_on_a_store_without_user_ids_fails_before_any_work(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from _train_helpers import build_store
+
+    from ctrkit.cli import main
+
+    store = build_store(tmp_path / "s.lmdb", train=600, valid=200, test=200)
+    assert not store.carries_groups("valid")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lr", "--data", str(store.path), "--monitor", "gauc",
+                 "--model_save_dir", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctrkit train: error: --monitor gauc: the validation rows of store {store.path} carry no user (group) "
+        "column, so gAUC cannot be computed; use a store with one, or --monitor auc")
+    assert not run.exists()  # nothing trained, nothing written
