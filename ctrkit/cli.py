@@ -36,23 +36,25 @@ class CtrkitArgumentParser(argparse.ArgumentParser):
         if name in self._option_string_actions:
             return token
         body = name[2:]
-        prefix, rest = ("no-", body[3:]) if body.startswith(("no-", "no_")) else ("", body)
-        for candidate in (rest.replace("-", "_"), rest.replace("_", "-")):
-            for spelled in (f"--{prefix}{candidate}", f"--{candidate}" if not prefix else f"--no_{candidate}"):
+        negated = body.startswith(("no-", "no_"))  # --no-batch-norm: BooleanOptionalAction's --no-batch_norm
+        rest = body[3:] if negated else body
+        for prefix in ("no-", "no_") if negated else ("",):
+            for candidate in (rest.replace("-", "_"), rest.replace("_", "-")):
+                spelled = f"--{prefix}{candidate}"
                 if spelled in self._option_string_actions:
                     return spelled + equals + value
         return token
 
     def unknown_flags_message(self, extras: list[str]) -> str:
         """``unrecognized arguments: …`` with the closest known flag for each unknown one."""
-        known = sorted(o for o in self._option_string_actions if o.startswith("--"))
+        by_spelling = {o.replace("-", "_"): o for o in sorted(self._option_string_actions) if o.startswith("--")}
         hints = []
         for token in extras:
             name = token.partition("=")[0]
             if name.startswith("--"):
-                close = difflib.get_close_matches(name.replace("-", "_"), [k.replace("-", "_") for k in known], n=1)
+                close = difflib.get_close_matches(name.replace("-", "_"), list(by_spelling), n=1)
                 if close:
-                    hints.append(f"{name}: did you mean {known[[k.replace('-', '_') for k in known].index(close[0])]}?")
+                    hints.append(f"{name}: did you mean {by_spelling[close[0]]}?")
         message = f"unrecognized arguments: {' '.join(extras)}"
         return message + ("; " + "; ".join(hints) if hints else "")
 
