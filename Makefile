@@ -14,7 +14,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[torch,tf,test]'
+	$(BIN)/python -m pip install -q -e '.[torch,tf,export,serve,report,test]'
 	touch $(STAMP)
 
 $(DEMO)/criteo_synth.tsv: | $(STAMP)

@@ -468,19 +468,26 @@ def iter_raw_batches(path: str | Path, encoder, batch_rows: int = 65_536, block_
     """
     if not hasattr(encoder, "encoder"):
         encoder = load_encoder(encoder)
-    spec = encoder.spec
-    source = open_source(path, spec, strict=True)
-    shared = [encoder.sparse_index(f.shares) for f in spec.sequences]
+    source = open_source(path, encoder.spec, strict=True)
     for _, _, parsed in source.blocks(block_bytes):
-        ids = encoder.encoder.encode([series.to_numpy() for series in parsed.tokens.get_columns()])
-        sequences = {f"seq:{f.name}": encoder.encoder.encode_sequence(j, parsed.sequences[f.name]) for f, j in zip(spec.sequences, shared)}
-        for start in range(0, parsed.rows, batch_rows):
-            rows = slice(start, start + batch_rows)
-            batch = {"sparse": ids[rows]}
-            if parsed.dense is not None:
-                batch["dense"] = parsed.dense[rows]
-            for key, values in sequences.items():
-                batch[key] = values[rows]
-            if parsed.labels is not None:
-                batch["label"] = parsed.labels[rows]
-            yield batch
+        yield from encoded_batches(encoder, parsed, batch_rows)
+
+
+def encoded_batches(encoder, parsed: ParsedBlock, batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of ``parsed`` as model batches of at most ``batch_rows``: ``sparse`` ids by
+    ``encoder`` (a :class:`~ctrkit.data.encoder.DatasetEncoder`), ``dense``, ``seq:<name>`` ids
+    and, for a labeled block, ``label``."""
+    spec = encoder.spec
+    ids = encoder.encoder.encode([series.to_numpy() for series in parsed.tokens.get_columns()])
+    shared = [encoder.sparse_index(f.shares) for f in spec.sequences]
+    sequences = {f"seq:{f.name}": encoder.encoder.encode_sequence(j, parsed.sequences[f.name]) for f, j in zip(spec.sequences, shared)}
+    for start in range(0, parsed.rows, batch_rows):
+        rows = slice(start, start + batch_rows)
+        batch = {"sparse": ids[rows]}
+        if parsed.dense is not None:
+            batch["dense"] = parsed.dense[rows]
+        for key, values in sequences.items():
+            batch[key] = values[rows]
+        if parsed.labels is not None:
+            batch["label"] = parsed.labels[rows]
+        yield batch

@@ -477,20 +477,30 @@ class ParquetSource:
             yield start + 1, native.height, self._parse(native, start + 1)
 
     def _parse(self, native: pl.DataFrame, first_row: int) -> ParsedBlock:
-        raw = native.select(pl.col(c).cast(pl.String) for c in native.columns)
-        typed = native.select(_cast(native, c, t) for c, t in self.conversion.read_types.items())
-        try:
-            converted = typed.select(self._exprs)
-            if converted.get_column("ok").all() and not self.conversion.field_problems(typed, raw):
-                return self.conversion.parsed(converted, np.arange(native.height))
-        except pl.exceptions.PolarsError:
-            pass
-        problems = self.conversion.field_problems(typed, raw)
-        report_problems(self.path, first_row, problems, self.bad_rows, self.strict)
-        good = np.asarray([i for i in range(native.height) if i not in problems], dtype=np.int64)
-        if len(good) == 0:
-            return self.conversion.empty()
-        return self.conversion.parsed(typed[good].select(self._exprs), good)
+        return parse_native(self.conversion, self._exprs, native, self.path, first_row, self.bad_rows, self.strict)
+
+
+def parse_native(conversion: Conversion, exprs: list[pl.Expr], native: pl.DataFrame, where, first_row: int,
+                 bad_rows: BadRows, strict: bool) -> ParsedBlock:
+    """Typed columns (a Parquet batch, a DataFrame handed to the Python API) → a :class:`ParsedBlock`.
+
+    Bad rows are reported as ``where:<first_row + position>`` (:func:`report_problems`) and left out;
+    ``ParsedBlock.line_index`` holds the positions of the rows kept.
+    """
+    raw = native.select(pl.col(c).cast(pl.String) for c in native.columns)
+    typed = native.select(_cast(native, c, t) for c, t in conversion.read_types.items())
+    try:
+        converted = typed.select(exprs)
+        if converted.get_column("ok").all() and not conversion.field_problems(typed, raw):
+            return conversion.parsed(converted, np.arange(native.height))
+    except pl.exceptions.PolarsError:
+        pass
+    problems = conversion.field_problems(typed, raw)
+    report_problems(where, first_row, problems, bad_rows, strict)
+    good = np.asarray([i for i in range(native.height) if i not in problems], dtype=np.int64)
+    if len(good) == 0:
+        return conversion.empty()
+    return conversion.parsed(typed[good].select(exprs), good)
 
 
 def _cast(native: pl.DataFrame, column: str, dtype: pl.DataType) -> pl.Expr:
@@ -500,4 +510,10 @@ def _cast(native: pl.DataFrame, column: str, dtype: pl.DataType) -> pl.Expr:
     if dtype == pl.Int8:  # a 0/1 label stored as another integer or float type
         value = pl.col(column).cast(pl.Float64, strict=False)
         return pl.when(value.is_in([0.0, 1.0])).then(value).cast(pl.Int8, strict=False).alias(column)
+    if dtype == pl.String and native.schema[column].is_float():
+        # integers that went through a float column (pandas' ints with NaN, Parquet doubles): 1.0 is "1"
+        value = pl.col(column).fill_nan(None)
+        whole = (value == value.floor()) & (value.abs() < 2.0**53)
+        text = pl.when(whole).then(value.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(value.cast(pl.String))
+        return text.alias(column)
     return pl.col(column).cast(dtype, strict=False)
