@@ -17,7 +17,7 @@ import sys
 from ctrkit import __version__
 from ctrkit.errors import CtrkitError
 
-COMMANDS = ("synth", "preprocess", "inspect", "models", "train", "evaluate", "predict", "convert")
+COMMANDS = ("synth", "preprocess", "inspect", "models", "train", "evaluate", "predict", "convert", "export", "serve", "report")
 
 
 class CtrkitArgumentParser(argparse.ArgumentParser):

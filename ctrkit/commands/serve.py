@@ -1,0 +1,16 @@
+"""``ctrkit serve``: being written (issue 11)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="(not available yet)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ctrkit.errors import ConfigError
+
+    raise ConfigError("ctrkit serve is not available yet")
