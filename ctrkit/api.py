@@ -207,11 +207,12 @@ class Model:
 
 
 def load(path: PathLike, *, encoder: PathLike | None = None, gpu_ids: list[int] | str | None = None,
-         batch_size: int = 8192, threads: int = 0) -> Model:
+         batch_size: int = 8192, threads: int = 0, precision: str | None = None) -> Model:
     """A checkpoint (``best.pt``/``best.tf``, a file or its run directory) with its encoder.
 
     The encoder is the run directory's ``encoder.npz`` (training writes it there), or ``encoder``
     (a store, a store path or an ``encoder.npz``). ``gpu_ids``: one GPU to score on (default CPU).
+    ``precision``: ``fp32`` or ``bf16`` compute (default: the precision it was trained in).
     """
     from ctrkit.config import parse_gpu_ids
     from ctrkit.data.encoder import ENCODER_FILE, load_encoder, run_dir_encoder
@@ -226,7 +227,10 @@ def load(path: PathLike, *, encoder: PathLike | None = None, gpu_ids: list[int] 
         raise ConfigError(f"gpu_ids {gpu_ids}: a loaded model runs on one GPU; give one id")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    trainer = load_for_inference(path, gpu_ids=ids, eval_batch_size=batch_size, num_workers=0, threads=threads)
+    overrides = {"gpu_ids": ids, "eval_batch_size": batch_size, "num_workers": 0, "threads": threads}
+    if precision is not None:
+        overrides["precision"] = precision
+    trainer = load_for_inference(path, **overrides)
     source = encoder if encoder is not None else run_dir_encoder(path)
     if source is None:
         raise InputError(f"{path}: no {ENCODER_FILE} in its run directory; pass encoder=STORE (the store it was trained on)")

@@ -344,18 +344,20 @@ def _checkpoint_schema(payload: Mapping[str, Any], path: Path) -> Schema:
 
 
 def build_from_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike, *,
-                          strategy: tf.distribute.Strategy | None = None) -> tuple[keras.Model, Schema]:
+                          strategy: tf.distribute.Strategy | None = None,
+                          precision: str | None = None) -> tuple[keras.Model, Schema]:
     """The model a checked checkpoint describes, with its weights; InputError naming the problem.
 
     A model whose embedding tables would not fit in memory is refused before it is allocated
-    (:func:`ctrkit.registry.check_fits_in_memory`). Built under the checkpoint's ``--precision``.
+    (:func:`ctrkit.registry.check_fits_in_memory`). Built under ``precision`` (default: the
+    checkpoint's ``--precision``).
     """
     from ctrkit.registry import build_tf_model, check_fits_in_memory
 
     path = Path(path)
     schema = _checkpoint_schema(payload, path)
     name, hparams = payload["model_name"], dict(payload["hparams"])
-    precision = payload["config"].get("precision", "fp32")
+    precision = precision or payload["config"].get("precision", "fp32")
     try:
         check_fits_in_memory(name, schema, hparams, copies=1)
         with (strategy or tf.distribute.get_strategy()).scope(), precision_policy(precision):
@@ -509,7 +511,7 @@ class Trainer(TrainerFacade):
         except ConfigError as exc:
             raise InputError(f"{checkpoint_path(path)}: the checkpoint's training options are damaged: {exc}") from None
         strategy = make_strategy(config.gpu_ids[:1])
-        model, schema = build_from_checkpoint(payload, checkpoint_path(path), strategy=strategy)
+        model, schema = build_from_checkpoint(payload, checkpoint_path(path), strategy=strategy, precision=config.precision)
         return cls(model, config, schema=schema, strategy=strategy)
 
     @property
