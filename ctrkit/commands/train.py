@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -30,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = TrainConfig.from_args(args)
     from ctrkit.training.errors import TrainingInterrupted
-    from ctrkit.training.frameworks import train_from_config
+    from ctrkit.training.frameworks import framework_module, train_from_config
 
     try:
         metrics = train_from_config(config, warn=lambda message: print(message, file=sys.stderr))
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         # not an error of the user's making: the shell's code for death by that signal, one line
         print(f"ctrkit train: {exc}", file=sys.stderr)
         return exc.exit_code
-    if metrics.get("test") and os.environ.get("RANK", "0") == "0":
+    if metrics.get("test") and framework_module(config.framework).launch_rank(config)[0] == 0:  # torchrun's RANK, TF_CONFIG's task
         print(f"test auc {metrics['test']['auc']:.5f}  logloss {metrics['test']['logloss']:.5f}  "
               f"(best epoch {metrics['best_epoch']}; {config.save_dir})")
     return 0
