@@ -914,6 +914,12 @@ class Trainer(TrainerFacade):
     def non_finite_weight(self) -> str | None:
         return first_non_finite(self.model.state_dict())
 
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def peak_device_memory(self) -> int | None:
+        return torch.cuda.max_memory_allocated(self.ctx.device) if self.ctx.device.type == "cuda" else None
+
     def open_scalar_writer(self, log_dir: Path, purge_step: int | None):
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -672,6 +672,16 @@ class Trainer(TrainerFacade):
             no_tensorboard_warning()
             return None
 
+    def parameter_count(self) -> int:
+        return int(sum(np.prod(v.shape) for v in self.model.trainable_weights))
+
+    def peak_device_memory(self) -> int | None:
+        gpus = [d for d in self.device_name.split(",") if d.startswith("gpu")]
+        try:  # the allocator's statistics of each GPU replica
+            return max(int(tf.config.experimental.get_memory_info(d.upper())["peak"]) for d in gpus) if gpus else None
+        except (ValueError, RuntimeError):
+            return None
+
     # -- Backend: evaluation -------------------------------------------------------------------
     def _eval_batch_size(self) -> int:
         return self.config.eval_batch_size or self.config.batch_size

@@ -118,6 +118,15 @@ class Backend(Protocol):
         (groups: int64, when the batches have a ``group`` column), predicted in shards by every rank
         and gathered, so that each rank gets the whole split. Leaves the model's mode as it was."""
 
+    # -- what metrics.json records about the model -----------------------------------------------
+    def parameter_count(self) -> int:
+        """The model's trainable weights, as a number of values (the same in both frameworks for the
+        same model: the registry's models mirror each other weight for weight)."""
+
+    def peak_device_memory(self) -> int | None:
+        """Bytes of accelerator memory in use at the peak of the run so far (the framework's
+        allocator statistics; the largest over this process's devices), or None on a CPU."""
+
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, entries: Mapping[str, Any], *, kept: str) -> None:
         """Write a checkpoint atomically (rank 0 only): ``entries`` (plain values: ``kind``, the

@@ -13,7 +13,8 @@ One run::
             a signal, max_steps or checkpoint_every: save last
         validate (backend.predict_split), policy: best / plateau / early stop
         save best (if improved) and last, metrics.json
-    load the best weights, test metrics, metrics.json
+    load the best weights, test metrics and predictions (test_predictions.npz), metrics.json,
+    the hyper-parameters and final scores for TensorBoard's HParams plugin
 
 Rank 0 alone writes files and prints; every rank runs the loop, and the collectives
 (``reduce_sum``, ``barrier``, ``broadcast_object``) are called by all ranks at the same points.
@@ -254,15 +255,21 @@ class TrainingLoop:
         self._write_metrics(self.summary("running", 0.0, None))
 
     def _finish(self, store: Any, stopped: str, rows_per_s: float) -> dict[str, Any]:
-        """Test metrics of the best weights; final ``metrics.json``."""
+        """Test metrics and predictions of the best weights; final ``metrics.json``; the HParams."""
         self._load_best()
         test = None
         if "test" in store.splits and store.splits["test"].labeled and store.splits["test"].rows:
-            test = self.evaluate(store, "test")
+            probs, labels, groups = self.backend.predict_split(store, "test")
+            test = evaluation_metrics(labels, probs, groups)
             self.log(reporting.test_line(test, self.progress.best_epoch))
             reporting.write_scalars(self.writer, reporting.test_scalars(test), self.progress.best_epoch)
+            self.on_main(lambda: reporting.write_test_predictions(self.config.save_dir, probs, labels, groups))
         summary = self.summary(stopped, rows_per_s, test)
         self._write_metrics(summary)
+        if self.writer is not None:  # TensorBoard is on: the run's row of the HParams table
+            reporting.write_hparams(self.config.save_dir / reporting.TENSORBOARD,
+                                    reporting.hparams_values(summary["config"], summary["hparams"]),
+                                    reporting.hparams_metrics(summary["best_valid"], test), self.progress.epoch)
         return summary
 
     def _check_monitored(self, valid: dict[str, Any]) -> None:
@@ -397,6 +404,7 @@ class TrainingLoop:
             model=self.meta.model_name, hparams=self.meta.hparams, stopped=stopped, progress=self.progress,
             rows_per_s=rows_per_s, test=test, world_size=self.backend.world_size,
             device=self.backend.device_name, config=self.config.to_dict(),
+            parameters=self.backend.parameter_count(), peak_device_memory_bytes=self.backend.peak_device_memory(),
         )
 
     def _write_metrics(self, summary: Mapping[str, Any]) -> None:

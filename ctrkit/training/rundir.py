@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Mapping
 from ctrkit.errors import ConfigError, InputError, OutputError
 from ctrkit.fileio import clean_directory_debris, os_error_message, target_lock
 from ctrkit.data.encoder import ENCODER_FILE
-from ctrkit.training.reporting import METRICS, TENSORBOARD
+from ctrkit.training.reporting import METRICS, TENSORBOARD, TEST_PREDICTIONS
 
 #: Checkpoint names of each framework in a run directory: ``best`` (the best epoch's weights, what
 #: ``evaluate`` and ``predict`` load from a directory) and ``last`` (what ``--resume`` reads).
@@ -34,8 +34,8 @@ CHECKPOINT_NAMES = {
 }
 FRAMEWORK_NAMES = {"torch": "PyTorch", "tf": "TensorFlow"}
 #: What a run leaves in its ``model_save_dir``: a directory holding any of them holds a run.
-RUN_FILES = tuple(name for names in CHECKPOINT_NAMES.values() for name in names.values()) + (METRICS, TENSORBOARD,
-                                                                                             ENCODER_FILE)
+RUN_FILES = tuple(name for names in CHECKPOINT_NAMES.values() for name in names.values()) + (
+    METRICS, TENSORBOARD, ENCODER_FILE, TEST_PREDICTIONS)
 
 
 def checkpoint_name(framework: str, kind: str) -> str:

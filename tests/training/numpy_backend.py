@@ -186,5 +186,11 @@ class NumpyBackend:
     def broadcast_object(self, obj: Any) -> Any:
         return obj
 
+    def parameter_count(self) -> int:
+        return sum(np.size(value) for value in self.model.state().values())
+
+    def peak_device_memory(self) -> int | None:
+        return None
+
     def open_scalar_writer(self, log_dir: Path, purge_step: int | None):
         return None
