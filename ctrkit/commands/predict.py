@@ -1,18 +1,31 @@
-"""``ctrkit predict CKPT RAW --out scores.csv [--data STORE]``: click probabilities of raw rows.
+"""``ctrkit predict CKPT RAW --out SCORES [--id COLUMN] [--data STORE]``: click probabilities of raw rows.
 
 The raw rows (any dataset: the file layout the store was built from, labeled or not) are encoded
 with the encoder the model was trained with, so that ids match: the ``encoder.npz`` of the
 checkpoint's run directory (written there by training), or the encoder stored in ``--data``
-(which wins when given; its schema must be the model's). The output has one probability per input
-row, in input order. A regular file appears atomically (written to a temporary file, then renamed);
-``-`` (stdout, the summary then goes to stderr), a device or a FIFO is written in place, streaming
+(which wins when given; its schema must be the model's).
+
+Input: a text file (CSV/TSV as the store's), the same gzip-compressed (recognised by its magic
+bytes, whatever its name), ``-`` for stdin (text or gzip, streamed: memory stays bounded by one
+block), or a Parquet file. Output (:data:`OUTPUT_HELP`): one probability per input data line, in
+input order; with ``--id COLUMN`` a CSV with a header ``COLUMN,probability``. A regular file
+appears atomically (written to a temporary file, then renamed); ``-`` (stdout, the summary then
+goes to stderr), a device or a FIFO is written in place, streaming
 (:func:`ctrkit.fileio.atomic_output`). An ``--out`` that is one of the inputs is refused before
 anything is read.
+
+Malformed rows are skipped and reported on stderr (how many, the first few as
+``file:line field: reason``); ``--strict`` stops at the first. A skipped row is scored ``nan``
+(the lines stay aligned with the input), or, with ``--id``, left out. When far more values are
+out of vocabulary than in the training data (:func:`ctrkit.data.encoder.oov_shift_warning`), a
+warning on stderr names the features that moved most.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,37 +39,57 @@ from ctrkit.commands.evaluate import (
     summary_stream,
 )
 
+OUTPUT_HELP = ("output file (- for stdout): one probability per input data line, in input order, 'nan' for a "
+               "malformed row that was skipped; with --id, a CSV with the header 'COLUMN,probability' and one "
+               "row per scored input row (skipped rows left out)")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="click probabilities for raw rows",
-        description="Score the rows of a raw file (any dataset a store was built from; labeled or not) with a checkpoint.",
+        description="Score the rows of a raw file (any dataset a store was built from; labeled or not) with a "
+                    "checkpoint. RAW may be CSV/TSV text, gzip-compressed text (detected by its content), "
+                    "- for stdin (text or gzip), or Parquet. Malformed rows are skipped and reported on stderr "
+                    "(--strict: stop at the first); a warning says when far more values are out of vocabulary "
+                    "than in the training data.",
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint, or model_save_dir (uses best.pt / best.tf)")
-    parser.add_argument("raw", metavar="RAW", help="raw rows to score, in the layout the training store was built from")
-    parser.add_argument("--out", required=True, metavar="SCORES", help="output: one probability per line (- for stdout)")
+    parser.add_argument("raw", metavar="RAW",
+                        help="raw rows to score, in the layout the training store was built from "
+                             "(text, gzip, Parquet, or - for stdin)")
+    parser.add_argument("--out", required=True, metavar="SCORES", help=OUTPUT_HELP)
+    parser.add_argument("--id", metavar="COLUMN", dest="id_column",
+                        help="a raw column copied to the output next to each probability (the output is then a "
+                             "CSV with the header 'COLUMN,probability')")
     parser.add_argument("--data", metavar="STORE",
                         help="the store the model was trained on, whose encoder encodes the rows "
                              "[default: the encoder.npz of the checkpoint's run directory]")
+    parser.add_argument("--strict", action="store_true", help="stop at the first malformed row instead of skipping it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
     add_inference_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ctrkit.data.rawtext import STDIN
     from ctrkit.errors import InputError
     from ctrkit.fileio import check_output_path
 
     overrides = inference_overrides(args)
     inputs = inference_inputs(SimpleNamespace(checkpoint=args.checkpoint, data=args.data or args.checkpoint, raw=args.raw))
     check_output_path(args.out, inputs=inputs)  # before anything is read or written
-    if not Path(args.raw).is_file():
+    if args.raw != STDIN and not Path(args.raw).is_file():
         raise InputError(f"no such file: {args.raw}")
     trainer = load_trainer(args.checkpoint, overrides)  # a broken checkpoint is named first
     encoder, schema_source = _encoder(args)
     trainer.check_schema(schema_source)
-    rows = _write_scores(trainer, encoder, args.raw, args.out, overrides["eval_batch_size"], inputs)
-    print(f"wrote {rows} probabilities to {output_name(args.out)}", file=summary_stream(args.out))
+    result = score_file(trainer, encoder, args.raw, args.out, batch_rows=overrides["eval_batch_size"],
+                        id_column=args.id_column, strict=args.strict, progress=False if args.quiet else None,
+                        inputs=inputs)
+    for line in result.notes():
+        print(f"ctrkit predict: {line}", file=sys.stderr)
+    print(result.summary(output_name(args.out)), file=summary_stream(args.out))
     return 0
 
 
@@ -76,15 +109,101 @@ def _encoder(args: argparse.Namespace):
     return encoder, SimpleNamespace(schema=encoder.schema, path=found)
 
 
-def _write_scores(trainer, encoder, raw: str, out: str, batch_rows: int, inputs: list[Path]) -> int:
-    """Stream raw batches through the model into ``out`` (atomically where it is a regular file)."""
-    from ctrkit.data.pipeline import iter_raw_batches
+class ScoringResult(SimpleNamespace):
+    """What :func:`score_file` did: ``rows`` scored, ``lines`` read, ``seconds``, ``bad_rows``
+    (:class:`~ctrkit.data.rawtext.BadRows`), ``oov`` (:class:`~ctrkit.data.encoder.OovCounter`),
+    ``oov_warning`` (str or None), ``with_ids``."""
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self, out_name: str) -> str:
+        return f"wrote {self.rows:,} probabilities to {out_name} in {self.seconds:.1f} s ({self.rate:,.0f} rows/s)"
+
+    def notes(self) -> list[str]:
+        """Lines for stderr: the skipped rows and the out-of-vocabulary warning."""
+        lines = []
+        if self.bad_rows.count:
+            where = "left out of the output" if self.with_ids else "scored nan in the output"
+            lines.append(f"{self.bad_rows.describe()}; they are {where} (--strict stops at the first)")
+        if self.oov_warning:
+            lines.append(f"warning: {self.oov_warning}")
+        return lines
+
+
+def score_file(trainer, encoder, raw: str, out: str, *, batch_rows: int = 8192, id_column: str | None = None,
+               strict: bool = False, progress: bool | None = None, inputs=(), block_bytes: int | None = None) -> ScoringResult:
+    """Stream the rows of ``raw`` through ``trainer`` into ``out`` (atomically where it is a regular file).
+
+    ``progress=None`` shows a bar on stderr only when it is a terminal. See the module docstring for
+    the formats.
+    """
+    from tqdm import tqdm
+
+    from ctrkit.data.encoder import OovCounter, oov_shift_warning
+    from ctrkit.data.pipeline import DEFAULT_BLOCK_BYTES, batch_slices, encoded_blocks, open_source
+    from ctrkit.data.rawtext import BadRows
     from ctrkit.fileio import atomic_output
 
-    rows = 0
-    with atomic_output(out, "w", inputs=inputs) as handle:
-        for batch in iter_raw_batches(raw, encoder, batch_rows=batch_rows):
-            probs = trainer.predict([batch])
-            handle.write("".join(f"{p:.8g}\n" for p in probs))
-            rows += len(probs)
-    return rows
+    started = time.perf_counter()
+    bad_rows = BadRows()
+    passthrough = (id_column,) if id_column else ()
+    source = open_source(raw, encoder.spec, bad_rows, strict, streams=True, passthrough=passthrough)
+    oov = OovCounter(encoder.spec)
+    rows = lines = 0
+    disable = None if progress is None else not progress
+    with atomic_output(out, "w", inputs=inputs) as handle, \
+            tqdm(total=source.size, unit="B", unit_scale=True, desc="predict", disable=disable, file=sys.stderr) as bar:
+        if id_column:
+            handle.write(_csv_row([id_column, "probability"]))
+        for block_lines, size, parsed, batch in encoded_blocks(source, encoder, block_bytes or DEFAULT_BLOCK_BYTES):
+            oov.update(batch["sparse"])
+            ids = parsed.passthrough[id_column] if id_column else None
+            done = 0  # lines of the block written so far
+            for start in range(0, max(parsed.rows, 1), batch_rows):  # written batch by batch: a closed pipe is seen early
+                stop = min(start + batch_rows, parsed.rows)
+                probs = trainer.predict(batch_slices(batch, batch_rows, start, stop)) if stop > start else []
+                if id_column:
+                    handle.write(_id_lines(ids[start:stop], probs))
+                    continue
+                end = block_lines if stop == parsed.rows else int(parsed.line_index[stop])  # up to the next scored row
+                handle.write(_aligned_lines(end - done, parsed.line_index[start:stop] - done, probs))
+                done = end
+            rows += parsed.rows
+            lines += block_lines
+            bar.update(size)
+            bar.set_postfix_str(f"{rows:,} rows", refresh=False)
+    return ScoringResult(rows=rows, lines=lines, seconds=time.perf_counter() - started, bad_rows=bad_rows, oov=oov,
+                         oov_warning=oov_shift_warning(encoder.train_oov, oov), with_ids=bool(id_column))
+
+
+def _aligned_lines(lines: int, kept, probs) -> str:
+    """One probability per input line of a stretch of ``lines`` lines, whose scored rows are at
+    positions ``kept``; ``nan`` where a row was skipped."""
+    import numpy as np
+
+    if len(kept) == lines:
+        return "".join(f"{p:.8g}\n" for p in probs)
+    scores = np.full(lines, np.nan)
+    scores[kept] = probs
+    return "".join(f"{p:.8g}\n" for p in scores)
+
+
+def _id_lines(ids, probs) -> str:
+    """CSV rows ``id,probability`` (ids quoted where they hold a comma, a quote or a line break)."""
+    import polars as pl
+
+    if not len(ids):
+        return ""
+    frame = pl.DataFrame({"id": ids, "p": [f"{p:.8g}" for p in probs]})
+    return frame.write_csv(include_header=False)
+
+
+def _csv_row(values: list[str]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()

@@ -159,6 +159,69 @@ class Encoder:
         return series.replace_strict(self._keys[j], self._ids[j], default=0, return_dtype=pl.Int32).to_numpy().copy()
 
 
+# ---------------------------------------------------------------------------------------------
+# Out-of-vocabulary shares: the train split's, and a scored file's against it
+# ---------------------------------------------------------------------------------------------
+OOV_RECORD_KEY = "train_oov_share"
+OOV_MIN_ROWS = 200  # fewer scored rows: shares too noisy to warn about
+OOV_OVERALL_MARGIN = 0.10  # warn when the overall share is this much above training's …
+OOV_OVERALL_RATIO = 1.5  # … and this many times training's
+OOV_FEATURE_MARGIN = 0.25  # a feature is named when its share is this much above training's
+
+
+class OovCounter:
+    """Counts, per sparse feature with a vocabulary, the values encoded as the OOV id 0.
+
+    Hashed features (never OOV) and ``vocabulary`` features (no column of their own) are left out.
+    """
+
+    def __init__(self, spec: DatasetSpec):
+        kept = [(j, f.name) for j, f in enumerate(spec.sparse) if not f.hash_buckets and f.type != "vocabulary"]
+        self.columns = [j for j, _ in kept]
+        self.names = [name for _, name in kept]
+        self.rows = 0
+        self.oov = np.zeros(len(kept), dtype=np.int64)
+
+    def update(self, ids: np.ndarray) -> None:
+        """``ids``: int32 ``[n, sparse features]`` of encoded rows."""
+        if len(ids) and self.columns:
+            self.oov += (ids[:, self.columns] == 0).sum(axis=0)
+        self.rows += len(ids)
+
+    def shares(self) -> dict[str, float]:
+        return {name: float(n) / self.rows if self.rows else 0.0 for name, n in zip(self.names, self.oov)}
+
+    def record(self) -> dict:
+        """What the encoder record keeps: ``{"rows": n, "features": {name: share}}``."""
+        return {"rows": int(self.rows), "features": {k: round(v, 6) for k, v in self.shares().items()}}
+
+
+def oov_shift_warning(train: dict | None, scored: OovCounter, show: int = 5) -> str | None:
+    """A one-line warning when ``scored`` rows are far more often OOV than the train split was.
+
+    Compares the overall share (all counted features together) with training's: a warning when it
+    is more than :data:`OOV_OVERALL_MARGIN` above it and :data:`OOV_OVERALL_RATIO` times it, naming
+    the features that moved most (more than :data:`OOV_FEATURE_MARGIN`). ``train`` is the encoder
+    record's ``train_oov_share`` (None for encoders written before it existed: no warning).
+    """
+    if not train or scored.rows < OOV_MIN_ROWS or not scored.names:
+        return None
+    reference = train.get("features", {})
+    names = [n for n in scored.names if n in reference]
+    if not names:
+        return None
+    now = scored.shares()
+    before_all = sum(reference[n] for n in names) / len(names)
+    now_all = sum(now[n] for n in names) / len(names)
+    if not (now_all > before_all + OOV_OVERALL_MARGIN and now_all > OOV_OVERALL_RATIO * before_all):
+        return None
+    moved = sorted(((now[n] - reference[n], n) for n in names), reverse=True)
+    worst = ", ".join(f"{n} {reference[n]:.0%}→{now[n]:.0%}" for d, n in moved[:show] if d > OOV_FEATURE_MARGIN)
+    return (f"{now_all:.1%} of the sparse values are out of vocabulary, against {before_all:.1%} in the training "
+            f"data: these rows may come from another distribution than the model was trained on"
+            + (f" (most changed: {worst})" if worst else ""))
+
+
 def vocab_array_name(field_name: str) -> str:
     return f"vocab/{field_name}"
 
@@ -173,6 +236,7 @@ class DatasetEncoder:
     spec: DatasetSpec
     vocabularies: dict[str, np.ndarray]  # sparse feature → tokens in id order
     source: str = ""  # where it was loaded from, for messages
+    train_oov: dict | None = None  # OOV shares of the train split (OovCounter.record); None before they were kept
 
     def __post_init__(self) -> None:
         sparse = self.spec.sparse
@@ -187,7 +251,7 @@ class DatasetEncoder:
         return self._index[name]
 
     def record(self) -> dict:
-        return encoder_record(self.spec)
+        return encoder_record(self.spec, self.train_oov)
 
 
 def schema_of(spec: DatasetSpec, vocabularies: Sequence[np.ndarray]) -> Schema:
@@ -198,8 +262,10 @@ def schema_of(spec: DatasetSpec, vocabularies: Sequence[np.ndarray]) -> Schema:
     return Schema(tuple(sparse + dense + sequences), label=spec.label.column)
 
 
-def encoder_record(spec: DatasetSpec) -> dict:
-    return {
+def encoder_record(spec: DatasetSpec, train_oov: dict | None = None) -> dict:
+    """The JSON record of an encoder; ``train_oov`` (:meth:`OovCounter.record` of the train split)
+    is kept under ``train_oov_share`` when known."""
+    record = {
         "format": ENCODER_FORMAT,
         "version": ENCODER_VERSION,
         "spec": spec.to_dict(),
@@ -208,6 +274,14 @@ def encoder_record(spec: DatasetSpec) -> dict:
         "vocabulary_order": "decreasing train count, then token; id = index + 1; 0 = OOV and padding",
         "vocabularies": {f.name: f"array/{vocab_array_name(f.name)}" for f in spec.sparse},
     }
+    if train_oov is not None:
+        record[OOV_RECORD_KEY] = train_oov
+    return record
+
+
+def _train_oov(record: dict) -> dict | None:
+    value = record.get(OOV_RECORD_KEY)
+    return value if isinstance(value, dict) and isinstance(value.get("features"), dict) else None
 
 
 def _spec_of_record(record: dict, where: str) -> DatasetSpec:
@@ -245,7 +319,7 @@ def load_encoder(source) -> DatasetEncoder:
     missing = [f.name for f in spec.sparse if f"vocab/{f.name}" not in arrays]
     if missing:
         raise InputError(f"{path}: has no vocabulary for feature {missing[0]!r}")
-    return DatasetEncoder(spec, {f.name: arrays[f"vocab/{f.name}"] for f in spec.sparse}, str(path))
+    return DatasetEncoder(spec, {f.name: arrays[f"vocab/{f.name}"] for f in spec.sparse}, str(path), _train_oov(record))
 
 
 def _store_encoder(store) -> DatasetEncoder:
@@ -254,7 +328,7 @@ def _store_encoder(store) -> DatasetEncoder:
         raise StoreError(f"store {store.path} has no encoder of raw rows (it was not built by ctrkit preprocess)")
     spec = _spec_of_record(record, f"store {store.path}")
     vocabularies = {f.name: store.vocabulary(f.name) for f in spec.sparse}
-    return DatasetEncoder(spec, vocabularies, str(store.path))
+    return DatasetEncoder(spec, vocabularies, str(store.path), _train_oov(record))
 
 
 def export_encoder(store, directory: str | os.PathLike) -> Path:

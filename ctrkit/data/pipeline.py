@@ -33,8 +33,10 @@ import polars as pl
 from tqdm import tqdm
 
 from ctrkit.data import tokens as tk
-from ctrkit.data.encoder import Encoder, TokenCounter, encoder_record, load_encoder, schema_of, vocab_array_name
-from ctrkit.data.rawtext import BadRows, check_text_file, fingerprint, prefetched
+from ctrkit.data.encoder import (
+    OOV_RECORD_KEY, Encoder, OovCounter, TokenCounter, encoder_record, load_encoder, schema_of, vocab_array_name,
+)
+from ctrkit.data.rawtext import BadRows, TextStream, check_text_file, fingerprint, is_stream_input, prefetched
 from ctrkit.data.readers import DelimitedParser, ParquetSource, ParsedBlock, detect_layout, is_parquet
 from ctrkit.data.spec import DatasetSpec
 from ctrkit.data.store import DEFAULT_CHUNK_ROWS, Store, StoreWriter
@@ -83,39 +85,68 @@ class SourceStats:
 
 
 class Source:
-    """One input file: its format, whether it has the label, and its parsed blocks."""
+    """One input file: its format, whether it has the label, and its parsed blocks.
 
-    def __init__(self, path: Path, spec: DatasetSpec, bad_rows: BadRows, strict: bool):
-        self.path = path
-        self.parquet = is_parquet(path)
+    ``text`` (a :class:`~ctrkit.data.rawtext.TextStream`: stdin or a gzip file) is read as a
+    stream instead of memory-mapping ``path``; ``passthrough`` columns are handed through as text
+    (:attr:`ParsedBlock.passthrough`).
+    """
+
+    def __init__(self, path: Path, spec: DatasetSpec, bad_rows: BadRows, strict: bool,
+                 *, text: TextStream | None = None, passthrough: Sequence[str] = ()):
+        self.path = path if text is None else text.name
+        self.text = text
+        self.parquet = text is None and is_parquet(path)
         if self.parquet:
-            self._parquet = ParquetSource(path, spec, bad_rows, strict)
+            self._parquet = ParquetSource(path, spec, bad_rows, strict, passthrough=passthrough)
             self.labeled = self._parquet.labeled
         else:
-            layout = detect_layout(path, spec)
-            self._parser = DelimitedParser(path, spec, layout, bad_rows, strict)
+            layout = detect_layout(self.path, spec, head=None if text is None else text.head())
+            self._parser = DelimitedParser(self.path, spec, layout, bad_rows, strict, text=text, passthrough=passthrough)
             self.labeled = layout.labeled
 
     @property
-    def size(self) -> int:
-        return self.path.stat().st_size
+    def size(self) -> int | None:
+        """Bytes of the file (compressed, for gzip); None for stdin."""
+        return self.path.stat().st_size if self.text is None else self.text.size
 
     def blocks(self, block_bytes: int) -> Iterator[tuple[int, int, ParsedBlock]]:
-        """``(lines, bytes, parsed)`` per block, parsed one block ahead in a background thread."""
+        """``(lines, bytes, parsed)`` per block, parsed one block ahead in a background thread
+        (``bytes``: of the file read for it, compressed for gzip)."""
         if self.parquet:
             rows = max(1, self._parquet.rows)
             for _, count, parsed in self._parquet.batches(PARQUET_BATCH_ROWS):
                 yield count, self.size * count // rows, parsed
             return
-        parser = self._parser
-        yield from prefetched(((b.num_lines, len(b.data), parser.parse(b)) for b in parser.blocks(block_bytes)), depth=1)
+        parser, text = self._parser, self.text
+        if text is None:
+            items = ((b.num_lines, len(b.data), parser.parse(b)) for b in parser.blocks(block_bytes))
+        else:
+            items = ((b.num_lines, text.consumed, parser.parse(b)) for b in parser.blocks(block_bytes))
+            items = _consumed_deltas(items)
+        yield from prefetched(items, depth=1)
 
 
-def open_source(path: str | Path, spec: DatasetSpec, bad_rows: BadRows | None = None, strict: bool = False) -> Source:
+def _consumed_deltas(items: Iterator[tuple[int, int, ParsedBlock]]) -> Iterator[tuple[int, int, ParsedBlock]]:
+    """Running totals of bytes read → bytes read per block."""
+    before = 0
+    for lines, consumed, parsed in items:
+        yield lines, consumed - before, parsed
+        before = consumed
+
+
+def open_source(path: str | Path, spec: DatasetSpec, bad_rows: BadRows | None = None, strict: bool = False,
+                *, streams: bool = False, passthrough: Sequence[str] = ()) -> Source:
+    """The :class:`Source` of a file (text or Parquet). With ``streams``, also ``-`` (stdin) and
+    gzip-compressed text (by its magic bytes), read as streams; without, these are refused."""
+    if streams and is_stream_input(path):
+        text = TextStream.open(path)
+        text.check_text()
+        return Source(Path(path), spec, bad_rows or BadRows(), strict, text=text, passthrough=passthrough)
     path = Path(path)
     if not (path.is_file() and _looks_parquet(path)):
         check_text_file(path)  # names a missing, empty, compressed or binary file
-    return Source(path, spec, bad_rows or BadRows(), strict)
+    return Source(path, spec, bad_rows or BadRows(), strict, passthrough=passthrough)
 
 
 def _looks_parquet(path: Path) -> bool:
@@ -395,9 +426,11 @@ def _second_pass(spec, out, options, vocabularies, spill, split_labeled, meta, o
     group = next((j for j, f in enumerate(spec.sparse) if f.name == spec.group), None) if spec.group else None
     schema = schema_of(spec, vocabularies)
     total_rows = sum(rows for rows, _, _ in spill.blocks)
+    train_oov = OovCounter(spec)  # the train split's OOV share per feature, for predict's shift warning
 
     def encoded(block: SpilledBlock) -> dict[str, np.ndarray]:
         columns = {"sparse": encoder.encode(block.tokens)}
+        train_oov.update(columns["sparse"][block.split == 0])
         if block.labels is not None:
             columns["label"] = block.labels
         if block.dense is not None:
@@ -417,6 +450,8 @@ def _second_pass(spec, out, options, vocabularies, spill, split_labeled, meta, o
                 bar.update(len(block.split))
         for f, vocab in zip(spec.sparse, vocabularies):
             writer.put_array(vocab_array_name(f.name), vocab)
+        if isinstance(meta.get("encoder"), dict):
+            meta["encoder"][OOV_RECORD_KEY] = train_oov.record()
         return writer.commit(meta)
 
 
@@ -462,32 +497,47 @@ def iter_raw_batches(path: str | Path, encoder, batch_rows: int = 65_536, block_
     """Encode a raw file (labeled or not) like the rows of the store ``encoder`` came from, in file order.
 
     ``encoder`` is a :class:`~ctrkit.data.encoder.DatasetEncoder`, a Store, a store path or an
-    ``encoder.npz``. Unseen values map to the OOV id 0. A malformed row raises
-    :class:`InputError` naming the file, line and field, since a score file must stay aligned
-    with its input lines.
+    ``encoder.npz``; ``path`` a text or Parquet file, a gzip-compressed text file, or ``-`` (stdin).
+    Unseen values map to the OOV id 0. A malformed row raises :class:`InputError` naming the
+    file, line and field (:func:`encoded_blocks` skips and reports them instead).
     """
     if not hasattr(encoder, "encoder"):
         encoder = load_encoder(encoder)
-    source = open_source(path, encoder.spec, strict=True)
-    for _, _, parsed in source.blocks(block_bytes):
-        yield from encoded_batches(encoder, parsed, batch_rows)
+    source = open_source(path, encoder.spec, strict=True, streams=True)
+    for _, _, parsed, batch in encoded_blocks(source, encoder, block_bytes):
+        yield from batch_slices(batch, batch_rows)
+
+
+def encoded_blocks(source: Source, encoder, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[tuple[int, int, ParsedBlock, dict[str, np.ndarray]]]:
+    """``(lines, bytes, parsed, batch)`` per block of ``source``: the block's valid rows encoded by
+    ``encoder`` as one model batch (:func:`encoded_block`). Blocks are parsed and encoded in
+    background threads, one block ahead of the caller (who runs the model meanwhile)."""
+    items = ((lines, size, parsed, encoded_block(encoder, parsed)) for lines, size, parsed in source.blocks(block_bytes))
+    yield from prefetched(items, depth=1)
+
+
+def encoded_block(encoder, parsed: ParsedBlock) -> dict[str, np.ndarray]:
+    """All rows of ``parsed`` as one model batch: ``sparse`` ids by ``encoder`` (a
+    :class:`~ctrkit.data.encoder.DatasetEncoder`), ``dense``, ``seq:<name>`` ids and, for a
+    labeled block, ``label``."""
+    spec = encoder.spec
+    batch = {"sparse": encoder.encoder.encode([series.to_numpy() for series in parsed.tokens.get_columns()])}
+    if parsed.dense is not None:
+        batch["dense"] = parsed.dense
+    for f in spec.sequences:
+        batch[f"seq:{f.name}"] = encoder.encoder.encode_sequence(encoder.sparse_index(f.shares), parsed.sequences[f.name])
+    if parsed.labels is not None:
+        batch["label"] = parsed.labels
+    return batch
+
+
+def batch_slices(batch: dict[str, np.ndarray], batch_rows: int, start: int = 0, stop: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Rows ``start:stop`` of ``batch`` cut into batches of at most ``batch_rows`` rows (views, no copies)."""
+    stop = len(batch["sparse"]) if stop is None else stop
+    for first in range(start, stop, batch_rows):
+        yield {key: values[first:min(first + batch_rows, stop)] for key, values in batch.items()}
 
 
 def encoded_batches(encoder, parsed: ParsedBlock, batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of ``parsed`` as model batches of at most ``batch_rows``: ``sparse`` ids by
-    ``encoder`` (a :class:`~ctrkit.data.encoder.DatasetEncoder`), ``dense``, ``seq:<name>`` ids
-    and, for a labeled block, ``label``."""
-    spec = encoder.spec
-    ids = encoder.encoder.encode([series.to_numpy() for series in parsed.tokens.get_columns()])
-    shared = [encoder.sparse_index(f.shares) for f in spec.sequences]
-    sequences = {f"seq:{f.name}": encoder.encoder.encode_sequence(j, parsed.sequences[f.name]) for f, j in zip(spec.sequences, shared)}
-    for start in range(0, parsed.rows, batch_rows):
-        rows = slice(start, start + batch_rows)
-        batch = {"sparse": ids[rows]}
-        if parsed.dense is not None:
-            batch["dense"] = parsed.dense[rows]
-        for key, values in sequences.items():
-            batch[key] = values[rows]
-        if parsed.labels is not None:
-            batch["label"] = parsed.labels[rows]
-        yield batch
+    """The rows of ``parsed`` as model batches of at most ``batch_rows`` (see :func:`encoded_block`)."""
+    yield from batch_slices(encoded_block(encoder, parsed), batch_rows)

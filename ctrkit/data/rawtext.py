@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import sys
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
@@ -18,6 +20,9 @@ from typing import Iterator, TypeVar
 from ctrkit.errors import InputError
 
 GZIP_MAGIC = b"\x1f\x8b"
+STDIN = "-"
+STDIN_NAME = "<stdin>"
+STREAM_CHUNK_BYTES = 1 << 20
 DEFAULT_BLOCK_BYTES = 64 << 20
 FINGERPRINT_BYTES = 1 << 20
 T = TypeVar("T")
@@ -114,6 +119,140 @@ def _release(view: mmap.mmap, start: int, end: int) -> None:
     first = start // page * page
     if hasattr(mmap, "MADV_DONTNEED") and end > first:
         view.madvise(mmap.MADV_DONTNEED, first, end - first)
+
+
+class TextStream:
+    """Delimited text read once, front to back, from a byte stream: stdin (``-``) or a gzip file.
+
+    Gzip is recognised by its magic bytes (whatever the name), on a file or on stdin, and
+    decompressed incrementally (multi-member files too), so memory stays bounded by one block.
+    ``name`` is what messages call the input (``<stdin>`` for stdin); :meth:`head` peeks at the
+    first line (kept for :meth:`blocks`); ``consumed`` counts the raw (compressed) bytes read so far,
+    for progress; ``size`` is the raw file size, None for stdin.
+    """
+
+    def __init__(self, name: str | os.PathLike, handle, size: int | None, *, close: bool):
+        self.name = Path(name)
+        self.size = size
+        self.consumed = 0
+        self._handle = handle
+        self._close = close
+        self._pending: list[bytes] = []
+        raw = self._raw_chunks()
+        first = next(raw, b"")
+        if not first:
+            raise InputError(f"{self.name}: no input (empty)" if size is None else f"{self.name}: file is empty")
+        self.gzip = first.startswith(GZIP_MAGIC)
+        self._chunks = _gunzipped(self.name, _chained(first, raw)) if self.gzip else _chained(first, raw)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "TextStream":
+        """``-`` (stdin) or a file (gzip or not)."""
+        if str(path) == STDIN:
+            return cls(STDIN_NAME, sys.stdin.buffer, None, close=False)
+        try:
+            handle = open(path, "rb")
+        except OSError as exc:
+            raise InputError(f"{path}: cannot be read: {exc.strerror}") from None
+        return cls(path, handle, os.fstat(handle.fileno()).st_size, close=True)
+
+    def _raw_chunks(self) -> Iterator[bytes]:
+        try:
+            while True:
+                chunk = self._handle.read(STREAM_CHUNK_BYTES)
+                if not chunk:
+                    return
+                self.consumed += len(chunk)
+                yield chunk
+        except OSError as exc:
+            raise InputError(f"{self.name}: cannot be read: {exc.strerror}") from None
+        finally:
+            if self._close:
+                self._handle.close()
+
+    def head(self, limit: int = FINGERPRINT_BYTES) -> bytes:
+        """The first (text) line without its line ending, read ahead and kept for :meth:`blocks`."""
+        while b"\n" not in b"".join(self._pending) and sum(map(len, self._pending)) < limit:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._pending.append(chunk)
+        data = b"".join(self._pending)
+        return data[:limit].split(b"\n", 1)[0].rstrip(b"\r")
+
+    def check_text(self) -> None:
+        """Refuse what is not text (NUL bytes near the start: Parquet or another binary format)."""
+        head = b"".join(self._pending)[:4096] if self._pending else b""
+        if not head:
+            self.head()
+            head = b"".join(self._pending)[:4096]
+        if not head:
+            raise InputError(f"{self.name}: no data (the decompressed input is empty)")
+        if head.startswith(b"PAR1"):
+            raise InputError(f"{self.name}: is Parquet; give it as a file path (Parquet cannot be streamed)")
+        if b"\x00" in head:
+            raise InputError(f"{self.name}: contains NUL bytes; this is not a text file")
+
+    def blocks(self, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[Block]:
+        """Blocks of whole lines of about ``block_bytes`` (a last line without newline gets one)."""
+        pending, self._pending = self._pending, []
+        line, buffer = 1, bytearray()
+        for chunk in _chained_all(pending, self._chunks):
+            buffer += chunk
+            if len(buffer) < block_bytes:
+                continue
+            cut = buffer.rfind(b"\n") + 1
+            if cut == 0:  # one line longer than a block: keep reading
+                continue
+            data = bytes(buffer[:cut])
+            del buffer[:cut]
+            count = data.count(b"\n")
+            yield Block(data, line, count)
+            line += count
+        if buffer:
+            data = bytes(buffer) if buffer.endswith(b"\n") else bytes(buffer) + b"\n"
+            yield Block(data, line, data.count(b"\n"))
+
+
+def _chained(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
+
+
+def _chained_all(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield from first
+    yield from rest
+
+
+def _gunzipped(name: Path, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Decompress gzip data chunk by chunk, member after member; a truncated or corrupt stream is named."""
+    decompressor = zlib.decompressobj(wbits=31)
+    started = False
+    try:
+        for chunk in chunks:
+            while chunk:
+                if decompressor.eof:  # the next member of a multi-member file
+                    decompressor = zlib.decompressobj(wbits=31)
+                started = True
+                out = decompressor.decompress(chunk)
+                chunk = decompressor.unused_data if decompressor.eof else b""
+                if out:
+                    yield out
+    except zlib.error as exc:
+        raise InputError(f"{name}: corrupt gzip data ({exc})") from None
+    if started and not decompressor.eof:
+        raise InputError(f"{name}: the gzip stream ends early (truncated file?)")
+
+
+def is_stream_input(path: str | os.PathLike) -> bool:
+    """Whether ``path`` must be read as a :class:`TextStream`: stdin, or a gzip-compressed file."""
+    if str(path) == STDIN:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(2) == GZIP_MAGIC
+    except OSError:
+        return False
 
 
 def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:

@@ -15,7 +15,7 @@ not a line break.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from ctrkit.data import tokens as tk
-from ctrkit.data.rawtext import BadRows, Block, first_line, format_bad_row, read_blocks
+from ctrkit.data.rawtext import BadRows, Block, TextStream, first_line, format_bad_row, read_blocks
 from ctrkit.data.spec import DatasetSpec, Feature
 from ctrkit.errors import InputError
 
@@ -44,6 +44,7 @@ class ParsedBlock:
     sequences: dict[str, np.ndarray]  # feature → int64 tokens [n, max_len], left-padded with PADDING
     truncated: dict[str, int]  # feature → rows whose sequence was longer than max_len
     times: np.ndarray | None  # float64 [n]: the split-by-time column
+    passthrough: dict[str, pl.Series] = field(default_factory=dict)  # column → its raw text, kept rows only
 
     @property
     def rows(self) -> int:
@@ -60,10 +61,11 @@ class Conversion:
     reads it, Float64 where only numbers are read from it (a label of 0/1: Int8).
     """
 
-    def __init__(self, spec: DatasetSpec, columns: Sequence[str], labeled: bool):
+    def __init__(self, spec: DatasetSpec, columns: Sequence[str], labeled: bool, passthrough: Sequence[str] = ()):
         self.spec = spec
         self.columns = tuple(columns)
         self.labeled = labeled
+        self.passthrough = tuple(passthrough)  # raw columns handed through as text (an id for the scores)
         self.read_types = self._read_types()
 
     # -- typing ----------------------------------------------------------------------------
@@ -109,7 +111,18 @@ class Conversion:
         if self.labeled:
             out.append(self._label().alias("label"))
         out.append(pl.all_horizontal(checks).alias("ok") if checks else pl.lit(True).alias("ok"))
+        out += [self._text(column).alias(f"pass:{column}") for column in self.passthrough]
         return out
+
+    def _text(self, column: str) -> pl.Expr:
+        """A column as text, whatever type it was read with (a whole float like 7.0 as ``7``)."""
+        value = pl.col(column)
+        if self.read_types[column] == pl.String:
+            return value
+        if self.read_types[column] == pl.Float64:
+            whole = (value == value.floor()) & (value.abs() < 2.0**53)
+            return pl.when(whole).then(value.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(value.cast(pl.String))
+        return value.cast(pl.String)
 
     def _label(self) -> pl.Expr:
         label = self.spec.label
@@ -248,6 +261,7 @@ class Conversion:
             sequences=sequences,
             truncated=truncated,
             times=converted.get_column("time").to_numpy() if spec.split.by == "time" else None,
+            passthrough={column: converted.get_column(f"pass:{column}") for column in self.passthrough},
         )
 
     def empty(self) -> ParsedBlock:
@@ -290,9 +304,10 @@ class TextLayout:
         return _DELIMITER_NAMES.get(self.delimiter, repr(self.delimiter))
 
 
-def detect_layout(path: Path, spec: DatasetSpec) -> TextLayout:
-    """Delimiter, header and label column of ``path`` from its first line and the spec."""
-    head = first_line(path).decode("utf-8", errors="replace")
+def detect_layout(path: Path, spec: DatasetSpec, head: bytes | None = None) -> TextLayout:
+    """Delimiter, header and label column of ``path`` from its first line (``head``, when the
+    input is a stream already peeked at) and the spec."""
+    head = (first_line(path) if head is None else head).decode("utf-8", errors="replace")
     reader = spec.reader
     delimiter = reader.delimiter if reader.delimiter != "auto" else ("\t" if "\t" in head else ",")
     quote = reader.quote if delimiter != "\t" or reader.delimiter != "auto" else None
@@ -339,10 +354,13 @@ def _split_line(line: str, delimiter: str, quote: str | None) -> list[str]:
 class DelimitedParser:
     """Validates and converts blocks of lines of one delimited file (see the module docstring)."""
 
-    def __init__(self, path: Path, spec: DatasetSpec, layout: TextLayout, bad_rows: BadRows, strict: bool):
+    def __init__(self, path: Path, spec: DatasetSpec, layout: TextLayout, bad_rows: BadRows, strict: bool,
+                 *, text: TextStream | None = None, passthrough: Sequence[str] = ()):
         self.path = path
         self.layout = layout
-        self.conversion = Conversion(spec, layout.columns, layout.labeled)
+        self.text = text  # a stream (stdin, gzip) read instead of memory-mapping ``path``
+        _check_passthrough(path, passthrough, layout.columns)
+        self.conversion = Conversion(spec, layout.columns, layout.labeled, passthrough)
         self.bad_rows = bad_rows
         self.strict = strict
         self._exprs = self.conversion.exprs(strict=True)
@@ -350,7 +368,7 @@ class DelimitedParser:
 
     def blocks(self, block_bytes: int) -> Iterator[Block]:
         """The file's blocks of data lines (a header line is not one)."""
-        blocks = read_blocks(self.path, block_bytes)
+        blocks = read_blocks(self.path, block_bytes) if self.text is None else self.text.blocks(block_bytes)
         if not self.layout.header:
             yield from blocks
             return
@@ -428,6 +446,12 @@ class DelimitedParser:
         return self.conversion.parsed(typed[good].select(self._exprs), kept_index[good])
 
 
+def _check_passthrough(path: Path, passthrough: Sequence[str], columns: Sequence[str]) -> None:
+    missing = [c for c in passthrough if c not in columns]
+    if missing:
+        raise InputError(f"{path}: has no column {missing[0]!r} to pass through (columns: {_column_range(columns)})")
+
+
 def report_problems(path: Path, first_line_number: int, problems: dict[int, tuple[str, str]], bad_rows: BadRows, strict: bool) -> None:
     for index in sorted(problems):
         name, reason = problems[index]
@@ -451,7 +475,7 @@ def is_parquet(path: Path) -> bool:
 class ParquetSource:
     """Row batches of a Parquet file (``line`` numbers in messages are 1-based row numbers)."""
 
-    def __init__(self, path: Path, spec: DatasetSpec, bad_rows: BadRows, strict: bool):
+    def __init__(self, path: Path, spec: DatasetSpec, bad_rows: BadRows, strict: bool, *, passthrough: Sequence[str] = ()):
         self.path = path
         try:
             self.file_schema = pl.read_parquet_schema(path)
@@ -463,7 +487,8 @@ class ParquetSource:
         if missing:
             raise InputError(f"{path}: has no column {missing[0]!r}, which spec {spec.origin} uses")
         self.labeled = spec.label.column in columns
-        self.conversion = Conversion(spec, columns, self.labeled)
+        _check_passthrough(path, passthrough, columns)
+        self.conversion = Conversion(spec, columns, self.labeled, passthrough)
         self.bad_rows = bad_rows
         self.strict = strict
         self.rows = pl.scan_parquet(path).select(pl.len()).collect().item()
