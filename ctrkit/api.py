@@ -99,13 +99,11 @@ def train(model: str, store: Any, *, config: PathLike | None = None, **options: 
     ``--config`` (``options`` win). Raises :class:`~ctrkit.errors.ConfigError` for an unknown or
     invalid option, exactly as the command line would.
     """
-    from ctrkit.config import TrainConfig, field_names, load_yaml
+    from ctrkit.config import TrainConfig, load_yaml, options_from
     from ctrkit.training.frameworks import train_from_config
 
-    merged: dict[str, Any] = load_yaml(config) if config else {}
-    unknown = sorted(set(options) - field_names())
-    if unknown:
-        raise ConfigError(f"ctrkit.train: unknown option(s) {', '.join(unknown)} (see `ctrkit train --help`)")
+    merged: dict[str, Any] = load_yaml(config, model=model) if config else {}
+    options = options_from(options, source="ctrkit.train", model=model)  # FuxiCTR's names too; unknown refused
     path = getattr(store, "path", store)
     merged.update(options, model=model, data=str(path))
     if not merged.get("model_save_dir"):
