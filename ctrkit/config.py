@@ -21,6 +21,7 @@ import argparse
 import math
 import numbers
 import re
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -114,14 +115,18 @@ class TrainConfig:
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
-        """Merge ``--config`` (if given) with the flags present in ``args``, then validate."""
+    def from_args(cls, args: argparse.Namespace, *, note: Callable[[str], None] | None = None) -> "TrainConfig":
+        """Merge ``--config`` (if given) with the flags present in ``args``, then validate.
+
+        ``note`` receives one line per FuxiCTR key read as ctrkit's (default: printed to stderr).
+        """
         merged: dict[str, Any] = {}
+        names = field_names()
+        flags = {k: v for k, v in vars(args).items() if k in names}
         config_path = getattr(args, "config", None)
         if config_path:
-            merged.update(load_yaml(config_path))
-        names = field_names()
-        merged.update({k: v for k, v in vars(args).items() if k in names})
+            merged.update(load_yaml(config_path, model=flags.get("model"), note=note))
+        merged.update(flags)
         return cls(**merged).validate()
 
     @classmethod
@@ -266,10 +271,13 @@ def field_names() -> set[str]:
 # ---------------------------------------------------------------------------------------------
 # YAML
 # ---------------------------------------------------------------------------------------------
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, *, model: str | None = None,
+              note: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Read a run file: a mapping of option names (``batch_size`` or ``batch-size``) to values.
 
-    Anything else (a missing, unreadable, binary or non-UTF-8 file, YAML that is not a mapping,
+    A FuxiCTR ``model_config.yaml`` (``Base`` and one experiment) or FuxiCTR's key names are read as
+    ctrkit's options (:func:`options_from`; ``model`` is the ``--model`` flag, for the keys whose
+    meaning depends on it). Anything else (a missing, unreadable, binary or non-UTF-8 file, YAML that is not a mapping,
     unknown keys) is a one-line :class:`ConfigError` naming the file.
     """
     import yaml
@@ -290,11 +298,31 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value, got {type(data).__name__}")
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - field_names())
-    if unknown:
-        raise ConfigError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
-    return data
+    from ctrkit.fuxictr import flatten_layout
+
+    data, experiment = flatten_layout(data, f"--config {path}")
+    return options_from(data, source=f"--config {path}", model=model, note=note, experiment=experiment)
+
+
+def options_from(options: dict[str, Any], *, source: str, model: str | None = None,
+                 note: Callable[[str], None] | None = None, experiment: str | None = None) -> dict[str, Any]:
+    """Training options by name (``batch_size`` or ``batch-size``; FuxiCTR's names too) -> ctrkit's names.
+
+    FuxiCTR's keys (``embedding_dim``, ``net_dropout``, ...) are read as ctrkit's, each with one
+    ``note`` line (default: stderr), or refused naming ctrkit's option (:mod:`ctrkit.fuxictr`);
+    other unknown names are refused with the closest option. ``source`` starts every message.
+    """
+    from ctrkit.fuxictr import translate
+
+    data = {str(k).replace("-", "_"): v for k, v in options.items()}
+    translated, notes = translate(data, source=source, known=field_names(), model=model, experiment=experiment)
+    for line in notes:
+        (note or _print_note)(line)
+    return translated
+
+
+def _print_note(line: str) -> None:
+    print(f"note: {line}", file=sys.stderr)
 
 
 def _yaml_text(path: Path, raw: bytes) -> str:

@@ -71,11 +71,11 @@ def test_yaml_then_cli_precedence(tmp_path):
 
 def test_yaml_unknown_keys_name_the_keys_and_file(tmp_path):
     run = tmp_path / "run.yaml"
-    run.write_text("model: deepfm\nlearning_rate: 0.1\nepoch: 3\n")
+    run.write_text("model: deepfm\nlearning_speed: 0.1\nepoch: 3\n")
     with pytest.raises(ConfigError) as info:
         parse("--config", str(run))
     message = str(info.value)
-    assert "learning_rate" in message and "epoch" in message and str(run) in message
+    assert "learning_speed" in message and "epoch (did you mean epochs?)" in message and str(run) in message
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "model: [unclosed\n"])
