@@ -8,6 +8,10 @@
   report: AUC, logloss, rows, CTR, and gAUC when the rows carry a group id.
 * :func:`gauc` — group AUC: the AUC of each user (group) that has both clicks and non-clicks,
   averaged with weights equal to the user's number of impressions (as in the DIN paper).
+* :func:`roc_curve` — the ROC curve's points (false and true positive rates at every threshold).
+* :func:`calibration_bins` / :func:`expected_calibration_error` — mean predicted probability
+  against the observed click rate per bin of predictions, and their weighted mean gap (ECE,
+  Naeini et al. 2015, "Obtaining well calibrated probabilities using Bayesian binning").
 
 All functions accept any array-likes and compute in float64. A metric that is undefined (AUC of
 a set with a single class, any metric of an empty set) is ``nan`` rather than an exception, so a
@@ -18,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["auc", "logloss", "gauc", "binary_metrics", "evaluation_metrics"]
+__all__ = ["auc", "logloss", "gauc", "binary_metrics", "evaluation_metrics", "roc_curve",
+           "calibration_bins", "expected_calibration_error"]
 
 EPS = 1e-7
 
@@ -140,3 +145,68 @@ def evaluation_metrics(labels, probs, groups=None) -> dict[str, float]:
     if groups is not None:
         metrics["gauc"] = gauc(labels, probs, groups)
     return metrics
+
+
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)``: the ROC curve from ``(0, 0)`` to ``(1, 1)``, one point per distinct score.
+
+    Scores are taken from the highest down; rows with equal scores enter together (a diagonal
+    segment), so the trapezoidal area under the points equals :func:`auc`. Empty arrays when a
+    class is missing.
+    """
+    y = _as_1d("labels", labels) > 0.5
+    s = _as_1d("scores", scores)
+    _check_same_length(labels=y, scores=s)
+    n_pos = int(np.count_nonzero(y))
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return np.zeros(0), np.zeros(0)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last_of_run = np.append(s[1:] != s[:-1], True)  # the last row of each run of equal scores
+    true_pos = np.cumsum(y)[last_of_run]
+    false_pos = np.cumsum(~y)[last_of_run]
+    return np.concatenate([[0.0], false_pos / n_neg]), np.concatenate([[0.0], true_pos / n_pos])
+
+
+CALIBRATION_STRATEGIES = ("uniform", "quantile")
+
+
+def calibration_bins(labels, probs, n_bins: int = 10, strategy: str = "uniform") -> dict[str, np.ndarray]:
+    """Predictions grouped in bins: per non-empty bin its ``count``, ``mean_predicted`` probability
+    and ``observed`` click rate (a perfectly calibrated model has ``observed == mean_predicted``).
+
+    ``strategy``: ``uniform`` — ``n_bins`` equal-width bins over ``[0, 1]`` (bin ``k`` holds
+    ``k/n <= p < (k+1)/n``, the last one also ``p = 1``); ``quantile`` — ``n_bins`` bins of equal
+    row counts (the rows sorted by probability and cut in ``n_bins`` nearly equal runs; the
+    informative choice for click rates, whose predictions crowd near 0). Empty bins are dropped.
+    """
+    if strategy not in CALIBRATION_STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(CALIBRATION_STRATEGIES)}, got {strategy!r}")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    y = _as_1d("labels", labels)
+    p = _as_1d("probs", probs)
+    _check_same_length(labels=y, probs=p)
+    if strategy == "uniform":
+        bins = np.clip(np.floor(p * n_bins).astype(np.int64), 0, n_bins - 1)
+    else:
+        bins = np.empty(len(p), dtype=np.int64)
+        bins[np.argsort(p, kind="mergesort")] = np.arange(len(p)) * n_bins // max(len(p), 1)
+    count = np.bincount(bins, minlength=n_bins)
+    kept = count > 0
+    total_p = np.bincount(bins, weights=p, minlength=n_bins)
+    total_y = np.bincount(bins, weights=y, minlength=n_bins)
+    return {"count": count[kept], "mean_predicted": total_p[kept] / count[kept],
+            "observed": total_y[kept] / count[kept]}
+
+
+def expected_calibration_error(labels, probs, n_bins: int = 10, strategy: str = "uniform") -> float:
+    """``ECE = sum_b (n_b / N) |observed_b - mean_predicted_b|`` over the bins of
+    :func:`calibration_bins`; ``nan`` for no rows."""
+    bins = calibration_bins(labels, probs, n_bins, strategy)
+    total = bins["count"].sum()
+    if total == 0:
+        return float("nan")
+    gap = np.abs(bins["observed"] - bins["mean_predicted"])
+    return float(np.sum(bins["count"] * gap) / total)
