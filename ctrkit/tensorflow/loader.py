@@ -30,7 +30,10 @@ contiguous shard that rank ``r`` of a PyTorch ``DistributedDataParallel`` run of
 global batch reads. The rows a replica sees at each step are therefore the same in both
 frameworks (the single-device batch sequence of ``BatchReader(G)`` is a different one, as in
 PyTorch). Under ``MultiWorkerMirroredStrategy`` each worker builds the readers of its own
-replicas only (``tf.distribute.InputContext``), so no row is read twice.
+replicas only (``tf.distribute.InputContext``), so no row is read twice; a worker that holds
+the reader of its own shard (the training loop's, ``rank``/``world_size`` of the workers) gets
+the global one back with :func:`global_reader`. With one replica per worker, worker ``w`` then
+reads exactly the loop's reader: shard ``w`` of ``W``, ``G / W`` rows a step.
 
 Example::
 
@@ -158,14 +161,29 @@ def make_distributed_dataset(
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
+def global_reader(reader: BatchReader) -> BatchReader:
+    """The unsharded reader of the global batch (``batch_size * world_size``) that ``reader``, the
+    even shard of one of ``world_size`` workers, is part of (``reader`` itself when unsharded)."""
+    if reader.world_size == 1:
+        return reader
+    if not reader.even_shards:
+        raise ConfigError("global_reader needs the reader of an even shard (even_shards=True)")
+    return _reader_like(reader, reader.batch_size * reader.world_size, rank=0, world_size=1)
+
+
 def replica_reader(reader: BatchReader, rank: int, world_size: int) -> BatchReader:
     """``reader`` with batch ``batch_size // world_size`` reading the even shard ``rank`` of ``world_size``."""
     if world_size == 1:
         return reader
+    return _reader_like(reader, reader.batch_size // world_size, rank=rank, world_size=world_size)
+
+
+def _reader_like(reader: BatchReader, batch_size: int, *, rank: int, world_size: int) -> BatchReader:
+    """``reader``'s split, order and columns with another batch size and shard (even shards)."""
     return BatchReader(
         reader.store,
         reader.split,
-        reader.batch_size // world_size,
+        batch_size,
         shuffle=reader.shuffle,
         seed=reader.seed,
         shuffle_window=reader.shuffle_window,

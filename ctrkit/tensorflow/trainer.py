@@ -21,7 +21,33 @@ TensorFlow's own lives here:
   per-replica shards (:func:`~ctrkit.tensorflow.loader.make_distributed_dataset`, the rows that
   the ranks of a torch DDP run of the same global batch read), gradients are summed across the
   replicas and every replica applies the same update. It is one process (``world_size`` 1 for the
-  loop). Several machines (``TF_CONFIG``) are not run by ``ctrkit train`` yet;
+  loop);
+* several machines: ``TF_CONFIG`` in the environment -> ``MultiWorkerMirroredStrategy``, one
+  process (worker) per machine, each started with the same ``ctrkit train`` command::
+
+      # on host1 (the chief: rank 0, writes the run directory)
+      export TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+                         "task": {"type": "worker", "index": 0}}'
+      ctrkit train --framework tf --model deepfm --data /data/criteo.lmdb --batch_size 4096 \
+          --model_save_dir /shared/runs/deepfm [--gpu_ids 0,1]
+      # on host2: the same command with "index": 1
+
+  (a ``"chief"`` job may name the first machine instead; :func:`~ctrkit.tensorflow.devices.worker_rank`).
+  Each worker is a rank of the loop (``rank``, ``world_size`` = workers): it reads the even shard
+  of its own replicas (:func:`~ctrkit.tensorflow.loader.global_reader`; with one replica per
+  worker, the rows rank ``w`` of a torch DDP run reads), ``--batch_size`` stays the *global*
+  batch, gradients are all-reduced over every replica of every worker (ring all-reduce over gRPC
+  on CPUs, NCCL on GPUs) and every worker applies the same update, so the weights stay equal.
+  The loop's collectives (:meth:`Trainer.reduce_sum`, :meth:`~Trainer.barrier`,
+  :meth:`~Trainer.broadcast_object`) are sums over the workers through the strategy
+  (:func:`~ctrkit.tensorflow.devices.all_workers_sum`); objects cross as safetensors + JSON, never
+  pickled. Validation and test predictions are sharded over the workers and gathered to every
+  worker (:meth:`Trainer.predict_split`): each computes the same exact AUC/logloss over the whole
+  split, so best/plateau/early-stop decisions agree without a broadcast. The chief alone writes
+  ``last.tf``/``best.tf``, ``metrics.json``, ``encoder.npz`` and TensorBoard; the others write
+  nothing. ``--resume``: the chief reads ``last.tf`` and broadcasts it, so only the chief needs the
+  run directory. Each machine needs the store at the ``--data`` path. A worker that dies makes
+  the others fail within TensorFlow's peer health check rather than wait forever;
 * checkpoint files, their checks and the RNG states.
 
 **Checkpoints** ``best.tf`` and ``last.tf`` are each ONE safetensors file (tensors and a JSON
@@ -85,10 +111,20 @@ from ctrkit.errors import ConfigError, CtrkitError, InputError, StoreError
 from ctrkit.fileio import atomic_output
 from ctrkit.parity import LAYOUTS
 from ctrkit.schema import Schema
-from ctrkit.tensorflow.devices import check_gpu_ids, make_strategy, multi_worker_config, precision_policy
+from ctrkit.tensorflow.devices import (
+    all_workers_sum,
+    broadcast_value,
+    check_gpu_ids,
+    ctrkit_error_classes,
+    make_strategy,
+    multi_worker_config,
+    precision_policy,
+    strategy_rank,
+    worker_rank,
+)
 from ctrkit.tensorflow.layers import set_embedding_l2
 from ctrkit.tensorflow.layers.mlp import torch_default_initialise
-from ctrkit.tensorflow.loader import make_dataset, make_distributed_dataset, to_tensors
+from ctrkit.tensorflow.loader import global_reader, make_dataset, make_distributed_dataset, to_tensors
 from ctrkit.tensorflow.optimizers import TorchRuleOptimizer, build_optimizer, parameter_groups  # noqa: F401
 from ctrkit.training.backend import RunMeta
 from ctrkit.training.facade import TrainerFacade, open_store
@@ -387,21 +423,12 @@ def _first_line(exc: BaseException) -> str:
 _TF_DATA_ERROR = re.compile(r"^(?:\{\{[^}]*\}\}\s*)?(\w+): (.+)$")
 
 
-def _ctrkit_error_classes() -> dict[str, type]:
-    found, todo = {}, [CtrkitError]
-    while todo:
-        cls = todo.pop()
-        found[cls.__name__] = cls
-        todo.extend(cls.__subclasses__())
-    return found
-
-
 def ctrkit_error_of(exc: Exception) -> CtrkitError | None:
     """The ctrkit error (``StoreError``, ``ContractError``...) that a TensorFlow op error carries from
     the tf.data thread where the store was read, with its one-line message; None for any other error."""
     message = getattr(exc, "message", None) or str(exc)
     match = _TF_DATA_ERROR.match(message.splitlines()[0].strip()) if message else None
-    cls = _ctrkit_error_classes().get(match.group(1)) if match else None
+    cls = ctrkit_error_classes().get(match.group(1)) if match else None
     return cls(match.group(2)) if cls is not None else None
 
 
@@ -466,8 +493,10 @@ class Trainer(TrainerFacade):
     """
 
     framework = FRAMEWORK
+    # one process, also with several replicas (MirroredStrategy splits each batch); the workers of
+    # a MultiWorkerMirroredStrategy are the ranks (set in __init__ from the strategy)
     rank = 0
-    world_size = 1  # one process, also with several replicas (MirroredStrategy splits each batch)
+    world_size = 1
     is_main = True
 
     def __init__(self, model: keras.Model, config: TrainConfig, *, schema: Schema | None = None,
@@ -489,6 +518,8 @@ class Trainer(TrainerFacade):
             self.config.model, self.config.hparams(), FRAMEWORK)
         self.regularization = RegularizationSpec.from_config(self.config)
         self.strategy = strategy or tf.distribute.get_strategy()
+        self.rank, self.world_size = strategy_rank(self.strategy)
+        self.is_main = self.rank == 0
         self.optimizer: TorchRuleOptimizer | None = None
         self.loop: TrainingLoop | None = None
         self.step_hook: Callable[[int], None] | None = None  # called after every step (tests)
@@ -510,7 +541,7 @@ class Trainer(TrainerFacade):
             config = TrainConfig.from_dict(options, strict=False)
         except ConfigError as exc:
             raise InputError(f"{checkpoint_path(path)}: the checkpoint's training options are damaged: {exc}") from None
-        strategy = make_strategy(config.gpu_ids[:1])
+        strategy = make_strategy(config.gpu_ids[:1], multi_worker=False)
         model, schema = build_from_checkpoint(payload, checkpoint_path(path), strategy=strategy, precision=config.precision)
         return cls(model, config, schema=schema, strategy=strategy)
 
@@ -567,15 +598,23 @@ class Trainer(TrainerFacade):
             check_batch(features, self.schema, where=f"batch {index} given to predict")
         return features
 
-    # -- Backend: collectives (one process) ----------------------------------------------------
+    # -- Backend: collectives (over the workers of a multi-worker strategy) --------------------
     def barrier(self) -> None:
-        pass
+        if self.world_size > 1:
+            all_workers_sum(self.strategy, 0.0)
 
     def broadcast_object(self, obj: Any) -> Any:
-        return obj
+        """The chief's ``obj`` on every worker (plain values, numpy arrays, ctrkit errors; no pickle:
+        :func:`~ctrkit.tensorflow.devices.encode_value`)."""
+        if self.world_size == 1:
+            return obj
+        return broadcast_value(self.strategy, obj, self.is_main)
 
     def reduce_sum(self, value: Any) -> float:
-        return float(value.numpy() if hasattr(value, "numpy") else value)
+        value = value.numpy() if hasattr(value, "numpy") else value
+        if self.world_size > 1:
+            return float(all_workers_sum(self.strategy, value))
+        return float(value)
 
     # -- Backend: the run ----------------------------------------------------------------------
     def prepare(self, store: Store) -> None:
@@ -604,9 +643,11 @@ class Trainer(TrainerFacade):
     def train_batches(self, reader: BatchReader, epoch: int, start_batch: int, *,
                       ignore_signals: bool) -> Iterator[Any]:
         """The reader's batches as tensors (per-replica shards under several replicas); a tf.data
-        thread of this process reads them, so signals stay with the loop."""
+        thread of this process reads them, so signals stay with the loop. Several workers: the
+        loop's reader is this worker's shard; each worker reads its own replicas' shards of the
+        global batch (:func:`~ctrkit.tensorflow.loader.global_reader`)."""
         if self.replicas > 1:
-            dataset = make_distributed_dataset(self.strategy, reader, epoch, start_batch)
+            dataset = make_distributed_dataset(self.strategy, global_reader(reader), epoch, start_batch)
         else:
             dataset = make_dataset(reader, epoch, start_batch)
         if self._train_fn is None:
@@ -696,7 +737,28 @@ class Trainer(TrainerFacade):
         return self._predict_fn({k: v for k, v in batch.items() if k not in (LABEL, GROUP)})
 
     def predict_split(self, store: Store, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        reader = BatchReader(store, split, self._eval_batch_size())
+        """The whole split in store order. Several workers: each predicts its contiguous shard and
+        the shards are gathered to every worker (exact AUC needs every prediction, and every
+        worker then takes the same best/plateau/early-stop decisions from the same numbers)."""
+        reader = BatchReader(store, split, self._eval_batch_size(), rank=self.rank, world_size=self.world_size)
+        p, y, g = self._predict_reader(reader)
+        if self.world_size == 1:
+            return p, y, g
+        total = reader.info.rows
+        start = self.rank * total // self.world_size  # BatchReader's shard bounds (uneven shards)
+        gathered_groups = None
+        if store.carries_groups(split):  # the store's, the same on every worker (an empty shard has no batch)
+            gathered_groups = self._gather(np.zeros(0, np.int64) if g is None else g, start, total, tf.int64)
+        return self._gather(p, start, total), self._gather(y, start, total), gathered_groups
+
+    def _gather(self, part: np.ndarray, start: int, total: int, dtype: tf.DType = tf.float64) -> np.ndarray:
+        """This worker's ``part`` at ``[start, start + len)`` of a length-``total`` array summed with
+        the others' (each worker fills only its own rows, so the sum is their concatenation)."""
+        full = np.zeros(total, dtype.as_numpy_dtype)
+        full[start:start + len(part)] = part
+        return all_workers_sum(self.strategy, full, dtype)
+
+    def _predict_reader(self, reader: BatchReader) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         probs, labels, groups = [], [], []
         for batch in raising_ctrkit_errors(make_dataset(reader)):
             probs.append(self._predict_batch(batch).numpy())
@@ -738,7 +800,7 @@ class Trainer(TrainerFacade):
         replicas = payload.get("replicas", 1)
         if payload["progress"]["batch"] and replicas != self.replicas:
             raise ConfigError(f"--resume: {path} stopped inside an epoch with {replicas} replica(s); "
-                              "resume it with the same --cpu_processes / --gpu_ids")
+                              "resume it with the same --cpu_processes / --gpu_ids / TF_CONFIG workers")
         assign_weights(self.model, payload["model"], path, payload["extra"])
         try:
             self._restore_optimizer(payload)
@@ -773,13 +835,14 @@ class Trainer(TrainerFacade):
 # What ctrkit.training.frameworks calls (`ctrkit train`, `evaluate`, `predict`)
 # ---------------------------------------------------------------------------------------------
 def launch_rank(config: TrainConfig) -> tuple[int, int]:
-    """``(0, 1)``: TensorFlow trains in this one process (several replicas inside it), after
-    checking the GPUs; a ``TF_CONFIG`` cluster is refused (not run by ``ctrkit train`` yet)."""
-    if multi_worker_config() is not None:
-        raise ConfigError("TF_CONFIG is set: several TensorFlow workers are not run by `ctrkit train` yet; "
-                          "unset TF_CONFIG to train on this machine (--gpu_ids or --cpu_processes for replicas)")
+    """``(rank, world_size)`` of this process, after checking the GPUs: ``(0, 1)`` on one machine
+    (its replicas are inside this process), this worker's place in a ``TF_CONFIG`` cluster
+    otherwise (:func:`~ctrkit.tensorflow.devices.worker_rank`; nothing of TensorFlow started yet)."""
+    cluster = multi_worker_config()
+    if cluster is not None and config.cpu_processes > 1:
+        raise ConfigError("--cpu_processes cannot be combined with TF_CONFIG (one CPU replica per worker)")
     check_gpu_ids(config.gpu_ids)
-    return 0, 1
+    return worker_rank(cluster) if cluster is not None else (0, 1)
 
 
 def fit_from_config(config: TrainConfig, store: Store, *, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
