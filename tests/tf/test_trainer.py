@@ -403,14 +403,6 @@ def test_mirrored_strategy_on_two_logical_cpus(store, tmp_path):
     assert (tmp_path / "run" / "best.tf").is_file()
 
 
-def test_a_tf_config_cluster_is_refused(store, tmp_path, monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
-                                                "task": {"type": "worker", "index": 0}}))
-    with pytest.raises(ConfigError, match="TF_CONFIG is set"):
-        train_from_config(config(store, tmp_path / "run"))
-    assert not (tmp_path / "run").exists()
-
-
 # ---------------------------------------------------------------------------------------------
 # initialisation, divergence
 # ---------------------------------------------------------------------------------------------
