@@ -208,6 +208,10 @@ def load(path: PathLike, *, encoder: PathLike | None = None, gpu_ids: list[int] 
          batch_size: int = 8192, threads: int = 0, precision: str | None = None) -> Model:
     """A checkpoint (``best.pt``/``best.tf``, a file or its run directory) with its encoder.
 
+    A bundle directory of ``ctrkit export`` (it holds ``manifest.json``) loads as a
+    :class:`~ctrkit.export.loaded.BundleModel` with the same interface, scored by the bundle's
+    runtime (onnxruntime, TorchScript or TensorFlow) and its own encoder.
+
     The encoder is the run directory's ``encoder.npz`` (training writes it there), or ``encoder``
     (a store, a store path or an ``encoder.npz``). ``gpu_ids``: one GPU to score on (default CPU).
     ``precision``: ``fp32`` or ``bf16`` compute (default: the precision it was trained in).
@@ -220,6 +224,9 @@ def load(path: PathLike, *, encoder: PathLike | None = None, gpu_ids: list[int] 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such checkpoint or run directory")
+    if (path / "manifest.json").is_file():  # a bundle of `ctrkit export`: scored by its runtime
+        return _load_bundle(path, encoder=encoder, gpu_ids=gpu_ids, batch_size=batch_size, threads=threads,
+                            precision=precision)
     ids = parse_gpu_ids(",".join(map(str, gpu_ids)) if isinstance(gpu_ids, (list, tuple)) else (gpu_ids or ""))
     if len(ids) > 1:
         raise ConfigError(f"gpu_ids {gpu_ids}: a loaded model runs on one GPU; give one id")
@@ -241,6 +248,17 @@ def load(path: PathLike, *, encoder: PathLike | None = None, gpu_ids: list[int] 
         names = CHECKPOINT_NAMES[trainer.config.framework]
         checkpoint = path / names["best"]
     return Model(trainer, dataset_encoder, checkpoint, batch_size)
+
+
+def _load_bundle(path: Path, *, encoder, gpu_ids, batch_size: int, threads: int, precision: str | None) -> Model:
+    """A bundle directory (``ctrkit export``): :func:`ctrkit.export.load_bundle` (CPU, the exported precision)."""
+    from ctrkit.export import load_bundle
+
+    given = [name for name, value in (("encoder", encoder), ("gpu_ids", gpu_ids), ("precision", precision)) if value]
+    if given:
+        raise ConfigError(f"{path} is an export bundle (its own encoder, CPU, float32): {', '.join(given)} "
+                          "cannot be chosen; load the checkpoint for that")
+    return load_bundle(path, batch_size=batch_size, threads=threads)
 
 
 def read_metrics(run_dir: PathLike) -> dict:
