@@ -120,6 +120,57 @@ def test_tf_config_selects_the_multi_worker_strategy(monkeypatch):
         devices.make_strategy()
 
 
+def test_tf_config_is_ignored_when_asked(monkeypatch):
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda: "multi-worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}))
+    assert devices.make_strategy(multi_worker=False) is tf.distribute.get_strategy()
+
+
+@pytest.mark.parametrize("cluster, task, rank", [
+    ({"worker": ["a:1", "b:1", "c:1"]}, {"type": "worker", "index": 2}, (2, 3)),
+    ({"worker": ["a:1"]}, {"type": "worker", "index": 0}, (0, 1)),
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, {"type": "chief", "index": 0}, (0, 3)),
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, {"type": "worker", "index": 0}, (1, 3)),
+])
+def test_worker_rank_orders_the_chief_first(cluster, task, rank):
+    assert devices.worker_rank({"cluster": cluster, "task": task}) == rank
+
+
+@pytest.mark.parametrize("cluster, task, message", [
+    ({"worker": ["a:1"], "ps": ["b:1"]}, {"type": "worker", "index": 0}, "chief and worker tasks only"),
+    ({"worker": ["a:1"], "evaluator": ["b:1"]}, {"type": "evaluator", "index": 0}, "chief and worker tasks only"),
+    ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 2}, "task index 2 is not among the 2 worker"),
+    ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": "1"}, "task index '1' is not among"),
+    ({"chief": ["a:1", "b:1"]}, {"type": "chief", "index": 0}, "at most one chief"),
+    ({"worker": "a:1,b:1"}, {"type": "worker", "index": 0}, "lists of"),
+])
+def test_worker_rank_refuses_what_does_not_train(cluster, task, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        devices.worker_rank({"cluster": cluster, "task": task})
+    assert "\n" not in str(info.value)
+
+
+def test_values_cross_workers_as_safetensors_and_json():
+    from ctrkit.errors import InputError
+    from ctrkit.training.errors import TrainingDivergedError
+
+    value = ({"model": {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.float64(2.5)},
+              "extra": [np.zeros(0, np.int64), np.array(3, np.int32)], "path": Path("runs/a"),
+              "best": float("-inf"), "none": None, "flag": True, "name": "x"},
+             InputError("last.tf: damaged"), TrainingDivergedError("diverged"))
+    data = devices.encode_value(value)
+    assert data[8:].lstrip().startswith(b"{")  # a safetensors file: a length, then its JSON header
+    got, error, diverged = devices.decode_value(data)
+    assert got["model"]["w"].dtype == np.float32 and np.array_equal(got["model"]["w"], value[0]["model"]["w"])
+    assert got["model"]["s"] == 2.5 and got["extra"][1].shape == () and int(got["extra"][1]) == 3
+    assert got["extra"][0].shape == (0,) and got["path"] == Path("runs/a") and got["best"] == float("-inf")
+    assert (got["none"], got["flag"], got["name"]) == (None, True, "x")
+    assert type(error) is InputError and str(error) == "last.tf: damaged"
+    assert type(diverged) is TrainingDivergedError
+    with pytest.raises(TypeError, match="cannot cross"):
+        devices.encode_value({"f": object()})
+
+
 def test_splitting_the_cpu_after_tensorflow_started_is_a_clear_error():
     tf.constant(1.0)  # TensorFlow has started in this process
     have = len(tf.config.list_logical_devices("CPU"))
@@ -223,6 +274,8 @@ from ctrkit.tensorflow.devices import make_strategy
 strategy = make_strategy()
 import tensorflow as tf
 from ctrkit.data.batches import BatchReader
+from ctrkit.errors import ConfigError
+from ctrkit.tensorflow import devices
 from ctrkit.tensorflow.loader import make_distributed_dataset
 
 index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
@@ -233,6 +286,10 @@ def all_reduce(value):
     return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: value), axis=None)
 
 total = float(all_reduce(tf.constant(float(10 ** index))))
+summed = devices.all_workers_sum(strategy, [index + 1, 10], tf.int64).tolist()
+sent = {"w": np.arange(5, dtype=np.float32) * 1.5, "why": ConfigError("x")} if index == 0 else None
+got = devices.broadcast_value(strategy, sent, index == 0)
+assert np.array_equal(got["w"], np.arange(5, dtype=np.float32) * 1.5) and type(got["why"]) is ConfigError
 label_sum = 0.0
 sparse_sum = 0
 steps = 0
@@ -242,7 +299,8 @@ for element in make_distributed_dataset(strategy, reader, epoch=0):
     label_sum += float(batch["label"].numpy().sum())
     sparse_sum += int(batch["sparse"].numpy().astype(np.int64).sum())
     steps += 1
-print(json.dumps({"index": index, "replicas": strategy.num_replicas_in_sync, "sum": total,
+print(json.dumps({"index": index, "replicas": strategy.num_replicas_in_sync, "sum": total, "summed": summed,
+                  "rank": devices.strategy_rank(strategy),
                   "steps": steps, "label_sum": label_sum, "sparse_sum": sparse_sum}))
 """
 
@@ -280,6 +338,8 @@ def test_two_workers_on_loopback(tmp_path):
     reports = sorted((json.loads(out.strip().splitlines()[-1]) for out, _ in outs), key=lambda r: r["index"])
     assert [r["replicas"] for r in reports] == [2, 2]
     assert [r["sum"] for r in reports] == [11.0, 11.0]  # 10**0 + 10**1 on both workers
+    assert [r["summed"] for r in reports] == [[3, 20], [3, 20]]  # the loop's sums: each worker counted once
+    assert [r["rank"] for r in reports] == [[0, 2], [1, 2]]
     # each worker read its own shard: 320 rows, 10 steps of 32 rows; together, the split
     assert [r["steps"] for r in reports] == [10, 10]
     split = store.read_split("train")
