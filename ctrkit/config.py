@@ -127,6 +127,8 @@ class TrainConfig:
         if config_path:
             merged.update(load_yaml(config_path, model=flags.get("model"), note=note))
         merged.update(flags)
+        if _given_true(merged, "resume") and not _given_true(merged, "overwrite"):  # both: validate refuses
+            merged = resume_options(merged, note=note)
         return cls(**merged).validate()
 
     @classmethod
@@ -262,6 +264,58 @@ class TrainConfig:
             raise ConfigError(
                 f"--batch_size {self.batch_size} must be divisible by the number of processes ({world}, from {flag})"
             )
+
+
+#: options a resumed run does not take from its checkpoint: the run control of one invocation
+#: (``max_steps`` counts steps from the start of the run), and what ``--resume`` itself decides
+NOT_RESUMED = ("resume", "overwrite", "max_steps", "model_save_dir", "data")
+
+
+def _given_true(options: dict[str, Any], name: str) -> bool:
+    return options.get(name) not in (None, False) and _bool(name, options[name])
+
+
+def resume_options(given: dict[str, Any], *, note: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``--resume``: the options the run in ``--model_save_dir`` was trained with, under those ``given``.
+
+    The model, framework, hyper-parameters and the other options come from the ``last`` checkpoint
+    (``last.pt`` or ``last.tf``), so ``ctrkit train --resume --model_save_dir DIR --epochs 5`` needs
+    nothing else; ``--data`` defaults to the store the run was trained on. A ``--model`` or
+    ``--framework`` that contradicts the checkpoint is a one-line ConfigError naming both.
+    """
+    from ctrkit.registry import get_model_info
+    from ctrkit.training.rundir import find_resume_checkpoint, read_run_entries
+
+    model = str(given.get("model") or "").strip()
+    try:
+        model = get_model_info(model).name if model else ""
+    except ConfigError:
+        return given  # validation names the unknown model
+    save_dir = given.get("model_save_dir") or (str(Path("checkpoints") / model) if model else "")
+    if not save_dir:
+        raise ConfigError("--resume needs --model_save_dir DIR (the run to continue)")
+    framework = given.get("framework")
+    if framework is not None:
+        framework = _choice("framework", _FRAMEWORK_ALIASES.get(str(framework).lower(), framework), FRAMEWORKS)
+    path, framework = find_resume_checkpoint(Path(save_dir), framework)
+    entries = read_run_entries(path, framework)
+    saved, name = entries["config"], entries["model_name"]
+    if model and model != name:
+        raise ConfigError(f"--resume: {path} holds a {name} model, not --model {given['model']}")
+    names = field_names()
+    merged = {k: v for k, v in saved.items() if k in names and k not in NOT_RESUMED}
+    merged.update(given, model=name, framework=framework, model_save_dir=save_dir)
+    taken = f"--resume: {path}: model {name}, --framework {framework} and the options it was trained with"
+    if not given.get("data"):
+        recorded = str(saved.get("data") or "")
+        if recorded and not Path(recorded).exists():
+            raise ConfigError(f"--data not given, and the store {path} was trained on, {recorded}, is gone; "
+                              "pass --data STORE")
+        merged["data"] = recorded
+        taken += f", --data {recorded}" if recorded else ""
+    if not model or not given.get("data"):  # say where what was not given came from
+        (note or _print_note)(taken + " (flags given override them)")
+    return merged
 
 
 def field_names() -> set[str]:
@@ -551,7 +605,8 @@ _HELP: dict[str, str] = {
     "seed": "random seed (initialisation, shuffling, dropout)",
     "num_workers": "DataLoader worker processes per training process",
     "precision": "fp32 or bf16 (autocast of the forward pass)",
-    "resume": "continue from <model_save_dir>/last.pt",
+    "resume": "continue the run in --model_save_dir from its last.pt (last.tf); its model, framework, "
+              "hyper-parameters, other options and store are read from it (flags given override them)",
     "overwrite": "replace the run already in --model_save_dir (its checkpoints, metrics.json and TensorBoard logs)",
     "eval_batch_size": "batch size for evaluation (0: --batch_size)",
     "checkpoint_every": "also write last.pt every N training steps (0: only at the end of epochs)",
@@ -573,7 +628,7 @@ _SHOWN_DEFAULTS = {"gpu_ids": "CPU", "model_args": "none", "model_save_dir": "ch
 
 def _shown_default(name: str, value: Any) -> str:
     if name in ("model", "data"):
-        return "required"
+        return "required; --resume reads it from the checkpoint"
     shown = _SHOWN_DEFAULTS.get(name, "the model's" if value is None else str(value))
     return f"default: {shown}"
 

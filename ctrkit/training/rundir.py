@@ -160,6 +160,53 @@ def check_resume_source(save_dir: Path, framework: str) -> Path:
     raise ConfigError(f"--resume: no checkpoint to resume from at {path}")
 
 
+def find_resume_checkpoint(save_dir: Path, framework: str | None = None) -> tuple[Path, str]:
+    """``(path, framework)`` of the ``last`` checkpoint ``--resume`` continues in ``save_dir``.
+
+    With ``framework`` given, as :func:`check_resume_source`; without, the framework whose ``last``
+    checkpoint is there (a directory holding both needs ``--framework``).
+    """
+    if framework:
+        return check_resume_source(save_dir, framework), framework
+    found = [fw for fw, names in CHECKPOINT_NAMES.items() if (save_dir / names["last"]).exists()]
+    if len(found) > 1:
+        shown = " and ".join(CHECKPOINT_NAMES[fw]["last"] for fw in found)
+        raise ConfigError(f"--resume: {save_dir} holds both {shown}; pass --framework to pick the run")
+    framework = found[0] if found else next(iter(CHECKPOINT_NAMES))
+    return check_resume_source(save_dir, framework), framework
+
+
+def read_run_entries(path: Path, framework: str) -> dict[str, Any]:
+    """The plain entries of a checkpoint (``model_name``, ``config``, ...), without reading its tensors.
+
+    A torch checkpoint is memory-mapped (``weights_only=True``); a TensorFlow one gives its
+    safetensors metadata. Raises a one-line InputError for a file that is not a ctrkit checkpoint.
+    """
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes): it is not a checkpoint, or it was never completely written")
+    try:
+        if framework == "tf":
+            from safetensors import safe_open
+
+            from ctrkit.tensorflow.trainer import METADATA_KEY
+
+            with safe_open(str(path), framework="np") as handle:
+                raw = (handle.metadata() or {}).get(METADATA_KEY)
+            payload = json.loads(raw) if raw else None
+        else:
+            import torch
+
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # truncated, foreign or unreadable: each library raises its own types
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise InputError(f"{path} is not a readable ctrkit checkpoint: {lines[0] if lines else type(exc).__name__}"
+                         ) from None
+    if not isinstance(payload, dict):
+        raise InputError(f"{path} is not a ctrkit {FRAMEWORK_NAMES.get(framework, framework)} checkpoint")
+    check_checkpoint_entries(payload, {"model_name": str, "config": dict}, path)
+    return payload
+
+
 def check_resumable(payload: Mapping[str, Any], path: Path, *, config: Any, hparams: Mapping[str, Any],
                     schema: Mapping[str, Any], world_size: int) -> None:
     """ConfigError unless the checkpoint ``payload`` continues exactly in this run.
