@@ -54,17 +54,22 @@ def _average_ranks(sorted_scores: np.ndarray) -> np.ndarray:
     return np.repeat(mean_rank, ends - starts)
 
 
+def _scored_labels(labels, scores) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(positive mask, float64 scores, positives, negatives)`` of binary labels (> 0.5 is positive)."""
+    y = _as_1d("labels", labels) > 0.5
+    s = _as_1d("scores", scores)
+    _check_same_length(labels=y, scores=s)
+    n_pos = int(np.count_nonzero(y))
+    return y, s, n_pos, len(y) - n_pos
+
+
 def auc(labels, scores) -> float:
     """ROC AUC of ``scores`` for binary ``labels`` (> 0.5 is positive); ties count one half.
 
     Uses the rank-sum identity ``AUC = (R+ - n+ (n+ + 1) / 2) / (n+ n-)`` where ``R+`` is the sum
     of the (tie-averaged) ranks of the positives. Returns ``nan`` when only one class is present.
     """
-    y = _as_1d("labels", labels) > 0.5
-    s = _as_1d("scores", scores)
-    _check_same_length(labels=y, scores=s)
-    n_pos = int(np.count_nonzero(y))
-    n_neg = len(y) - n_pos
+    y, s, n_pos, n_neg = _scored_labels(labels, scores)
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     order = np.argsort(s, kind="mergesort")
@@ -154,11 +159,7 @@ def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     segment), so the trapezoidal area under the points equals :func:`auc`. Empty arrays when a
     class is missing.
     """
-    y = _as_1d("labels", labels) > 0.5
-    s = _as_1d("scores", scores)
-    _check_same_length(labels=y, scores=s)
-    n_pos = int(np.count_nonzero(y))
-    n_neg = len(y) - n_pos
+    y, s, n_pos, n_neg = _scored_labels(labels, scores)
     if n_pos == 0 or n_neg == 0:
         return np.zeros(0), np.zeros(0)
     order = np.argsort(-s, kind="mergesort")

@@ -16,6 +16,7 @@ Every file is written atomically (:func:`ctrkit.fileio.atomic_output`).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import IO, Callable, Sequence
@@ -34,11 +35,10 @@ def figures_directory(out: Path) -> Path:
 
 
 def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    """ConfigError naming the extra to install when matplotlib is missing (before any work)."""
+    if importlib.util.find_spec("matplotlib") is None:
         raise ConfigError("ctrkit report draws its figures with matplotlib, which is not installed; "
-                          "install it with pip install 'ctrkit[report]'") from None
+                          "install it with pip install 'ctrkit[report]'")
 
 
 def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, bins: int = DEFAULT_BINS,
