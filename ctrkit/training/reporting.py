@@ -215,7 +215,8 @@ def hparams_metrics(best_valid: Mapping[str, float] | None, test: Mapping[str, A
 def write_hparams(log_dir: Path, values: Mapping[str, bool | float | str], metrics: Mapping[str, float],
                   step: int) -> Path | None:
     """One event file in ``log_dir`` for TensorBoard's HParams plugin: the session start (the
-    hyper-parameter ``values``), the metric scalars at ``step``, and the session end.
+    hyper-parameter ``values``), the metric scalars at ``step``, and the session end. It replaces
+    an earlier one of the same run (a finished run resumed), so a run holds one session.
 
     No experiment summary is written: TensorBoard builds the table from every run's session, so
     runs with different hyper-parameters (other models) are compared side by side. Written with
@@ -257,4 +258,7 @@ def write_hparams(log_dir: Path, values: Mapping[str, bool | float | str], metri
         writer = RecordWriter(handle)
         for event in events:
             writer.write(event.SerializeToString())
+    for older in log_dir.glob("events.out.tfevents.*.hparams"):  # a resumed run's earlier end: one session
+        if older != path:
+            older.unlink(missing_ok=True)
     return path

@@ -78,3 +78,15 @@ def test_hparams_values_and_metrics():
         "hparams/valid_auc": 0.8, "hparams/valid_logloss": 0.4, "hparams/test_auc": 0.79,
         "hparams/test_logloss": 0.41, "hparams/test_gauc": 0.7}
     assert hparams_metrics(None, None) == {}
+
+
+def test_write_hparams_keeps_one_session_per_run(tmp_path):
+    from ctrkit.training.reporting import write_hparams
+
+    write_hparams(tmp_path, {"model": "lr", "lr": 0.1, "batch_norm": True}, {"hparams/test_auc": 0.5}, 1)
+    (tmp_path / "events.out.tfevents.0000000001.host.1.hparams").write_bytes(
+        next(tmp_path.glob("*.hparams")).read_bytes())  # as if an earlier process had written it
+    write_hparams(tmp_path, {"model": "lr", "lr": 0.2, "batch_norm": True}, {"hparams/test_auc": 0.75}, 2)
+    assert len(list(tmp_path.glob("*.hparams"))) == 1
+    values, scalars, _ = read_hparams(tmp_path)
+    assert values == {"model": "lr", "lr": 0.2, "batch_norm": True} and scalars == {"hparams/test_auc": 0.75}
