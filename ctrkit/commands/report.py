@@ -33,5 +33,6 @@ def run(args: argparse.Namespace) -> int:
     batch_size = parse_int("batch_size", args.batch_size, minimum=1)
     out = write_report(args.run_dirs, args.out, bins=bins, batch_size=batch_size, evaluate=not args.no_evaluate,
                        log=lambda message: print(message, file=sys.stderr))
-    print(f"wrote {out} ({len(args.run_dirs)} runs; figures in {figures_directory(out)})")
+    count = len(args.run_dirs)
+    print(f"wrote {out} ({count} run{'' if count == 1 else 's'}; figures in {figures_directory(out)})")
     return 0
