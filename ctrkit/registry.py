@@ -218,6 +218,70 @@ def resolved_hparams(name: str, hparams: dict | None = None, framework: str | No
     return plain(resolved)
 
 
+@dataclass(frozen=True)
+class Hparam:
+    """One constructor keyword of a model: its default (registry defaults applied) and its meaning."""
+
+    name: str
+    default: Any
+    meaning: str = ""
+
+
+def model_hparams(name: str) -> list[Hparam]:
+    """Every constructor keyword of model ``name``, in order, with its default and meaning.
+
+    Read from the PyTorch class's source (its ``__init__`` defaults and the ``Args:`` section of its
+    docstring), so that ``ctrkit models`` imports no framework; registry defaults (``use_dnn`` of
+    autoint+) replace the constructor's. The tests check the defaults against
+    :func:`resolved_hparams`, which builds them from the class itself.
+    """
+    import ast
+
+    info = get_model_info(name)
+    module, _, class_name = info.torch_class.partition(":")
+    source = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    cls = next(node for node in ast.walk(tree) if isinstance(node, ast.ClassDef) and node.name == class_name)
+    init = next(node for node in cls.body if isinstance(node, ast.FunctionDef) and node.name == "__init__")
+    meanings = _docstring_args(ast.get_docstring(cls) or "")
+    positional = init.args.args
+    pairs = list(zip(positional[len(positional) - len(init.args.defaults):], init.args.defaults))
+    pairs += [(arg, default) for arg, default in zip(init.args.kwonlyargs, init.args.kw_defaults) if default]
+    out = []
+    for arg, node in pairs:
+        try:
+            default = plain(ast.literal_eval(node))
+        except ValueError:  # a constant's name: shown as written
+            default = ast.unparse(node)
+        default = plain(info.defaults.get(arg.arg, default))
+        out.append(Hparam(arg.arg, default, meanings.get(arg.arg, "")))
+    return out
+
+
+def _docstring_args(doc: str) -> dict[str, str]:
+    """``name -> meaning`` from the ``Args:`` section of a Google-style docstring (continuation lines joined)."""
+    meanings: dict[str, str] = {}
+    lines = doc.split("Args:", 1)[1].splitlines() if "Args:" in doc else []
+    current = None
+    for line in lines[1:]:
+        if not line.strip():
+            if current:
+                break
+            continue
+        indent = len(line) - len(line.lstrip())
+        key, sep, text = line.strip().partition(":")
+        keys = [k.strip() for k in key.split(",")]
+        if indent <= 4 and sep and all(k and " " not in k for k in keys):
+            for name in keys:  # "dropout, batch_norm: of the MLP." -> "(dropout, batch_norm) of the MLP."
+                meanings[name] = f"({', '.join(keys)}) {text.strip()}" if len(keys) > 1 else text.strip()
+            current = keys[-1]
+        elif current and indent > 4:
+            meanings[current] = f"{meanings[current]} {line.strip()}".strip()
+        else:
+            break
+    return {k: v.replace("``", "") for k, v in meanings.items()}
+
+
 def model_name_of(model: Any) -> str | None:
     """The registry name of a model object (either framework), or None for a model the registry does not know.
 
