@@ -550,6 +550,12 @@ class Trainer(TrainerFacade):
         return self.strategy.num_replicas_in_sync
 
     @property
+    def replicated(self) -> bool:
+        """Whether steps run per replica (``strategy.run``): several replicas, or any multi-worker
+        strategy (its variables are mirrored even with a single replica)."""
+        return self.replicas > 1 or isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    @property
     def device_name(self) -> str:
         """``cpu``, ``gpu:0``, or the replicas' devices (``cpu:0,cpu:1``) for ``metrics.json``."""
         if not tf.distribute.has_strategy() and self.strategy is tf.distribute.get_strategy():
@@ -646,7 +652,7 @@ class Trainer(TrainerFacade):
         thread of this process reads them, so signals stay with the loop. Several workers: the
         loop's reader is this worker's shard; each worker reads its own replicas' shards of the
         global batch (:func:`~ctrkit.tensorflow.loader.global_reader`)."""
-        if self.replicas > 1:
+        if self.replicated:
             dataset = make_distributed_dataset(self.strategy, global_reader(reader), epoch, start_batch)
         else:
             dataset = make_dataset(reader, epoch, start_batch)
@@ -674,7 +680,7 @@ class Trainer(TrainerFacade):
 
     def _step(self, batch: Any) -> tf.Tensor:
         variables = self.optimizer.variables
-        if self.replicas == 1:
+        if not self.replicated:
             with self.strategy.scope():
                 grads, bce = self._replica_gradients(batch)
                 self.optimizer.apply_gradients(zip(grads, variables))
@@ -687,7 +693,7 @@ class Trainer(TrainerFacade):
 
     def batch_rows(self, batch: Mapping[str, Any]) -> int:
         labels = batch[LABEL]
-        if self.replicas > 1:
+        if self.replicated:
             return sum(int(part.shape[0]) for part in self.strategy.experimental_local_results(labels))
         return int(labels.shape[0])
 
