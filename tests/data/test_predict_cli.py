@@ -252,3 +252,25 @@ def test_terabyte_rows_scored_by_a_kaggle_model_warn_of_the_shift(capsys, tmp_pa
 
     code, _, err = ctrkit(capsys, "predict", tmp_path / "run", kaggle_test, "--out", tmp_path / "kt.txt")
     assert code == 0 and "warning" not in err, err  # the Kaggle test days: same hashing, no shift
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "<stdin>: no input (empty)"),
+    (b"PAR1\x00\x00binary", "<stdin>: is Parquet; give it as a file path"),
+    (gzip.compress(b""), "<stdin>: no data"),
+])
+def test_unusable_stdin_is_one_line(capsys, monkeypatch, run, tmp_path, content, message):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(content)))
+    code, _, err = ctrkit(capsys, "predict", run / "run", "-", "--out", tmp_path / "s.txt")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s.txt").exists()
+
+
+def test_a_number_column_passes_through_as_written(capsys, run, tmp_path, scores):
+    """``--id I2``: a column the model reads as a number comes out as the integer it was."""
+    code, _, err = ctrkit(capsys, "predict", run / "run", run / "new.tsv", "--out", tmp_path / "i.csv", "--id", "I2")
+    assert code == 0, err
+    table = pl.read_csv(tmp_path / "i.csv", schema={"I2": pl.String, "probability": pl.Float64})
+    raw = [line.split("\t")[2] for line in (run / "new.tsv").read_text().splitlines()]
+    assert table.get_column("I2").fill_null("").to_list() == raw
+    np.testing.assert_allclose(table.get_column("probability").to_numpy(), scores, rtol=0, atol=1e-6)
