@@ -156,21 +156,23 @@ def test_two_workers_train_resume_and_match_one_process_of_two_replicas(tmp_path
     assert metrics["test"]["auc"] > 0.7
 
 
-def cluster_config(store, tmp_path) -> TrainConfig:
-    return TrainConfig(model="lr", framework="tf", data=str(store), epochs=1,
-                       model_save_dir=str(tmp_path / "run")).validate()
+TWO_WORKERS = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
 
 
-@pytest.mark.parametrize("tf_config, message", [
-    ({"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "ps", "index": 0}},
+@pytest.mark.parametrize("tf_config, options, message", [
+    ({"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "ps", "index": 0}}, {},
      "TF_CONFIG: ctrkit trains with chief and worker tasks only"),
-    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}},
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}, {},
      "TF_CONFIG: task index 2 is not among the 2 worker address"),
+    (TWO_WORKERS, {"cpu_processes": 2}, "--cpu_processes cannot be combined with TF_CONFIG"),
 ])
-def test_a_task_that_cannot_train_is_one_line_and_writes_nothing(tmp_path, monkeypatch, tf_config, message):
+def test_a_cluster_that_cannot_train_is_one_line_and_writes_nothing(tmp_path, monkeypatch, tf_config, options, message):
+    """Refused before TensorFlow starts waiting for the other workers (none of these addresses listens)."""
     store = build_store(tmp_path / "s.lmdb", train=200, valid=100, test=0, chunk_rows=100).path
     monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    config = TrainConfig(model="lr", framework="tf", data=str(store), epochs=1, model_save_dir=str(tmp_path / "run"),
+                         **options).validate()
     with pytest.raises(ConfigError, match=message) as info:
-        train_from_config(cluster_config(store, tmp_path))
+        train_from_config(config)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()
