@@ -120,16 +120,20 @@ class TrainConfig:
 
         ``note`` receives one line per FuxiCTR key read as ctrkit's (default: printed to stderr).
         """
+        from ctrkit.fuxictr import FLAG_ALIASES
+
         merged: dict[str, Any] = {}
         names = field_names()
         flags = {k: v for k, v in vars(args).items() if k in names}
+        aliases = {k: v for k, v in vars(args).items() if k in FLAG_ALIASES}
+        if aliases:  # --embedding_dim 16: FuxiCTR's name, read as ctrkit's with a note
+            flags = options_from({**flags, **aliases}, source="the command line", model=flags.get("model"),
+                                 note=note, fuxictr=False)
         config_path = getattr(args, "config", None)
         if config_path:
             merged.update(load_yaml(config_path, model=flags.get("model"), note=note))
         merged.update(flags)
-        if _given_true(merged, "resume") and not _given_true(merged, "overwrite"):  # both: validate refuses
-            merged = resume_options(merged, note=note)
-        return cls(**merged).validate()
+        return cls(**resume_options(merged, note=note)).validate()
 
     @classmethod
     def from_dict(cls, data: dict, *, strict: bool = True) -> "TrainConfig":
@@ -276,7 +280,8 @@ def _given_true(options: dict[str, Any], name: str) -> bool:
 
 
 def resume_options(given: dict[str, Any], *, note: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """``--resume``: the options the run in ``--model_save_dir`` was trained with, under those ``given``.
+    """``--resume``: the options the run in ``--model_save_dir`` was trained with, under those ``given``
+    (``given`` unchanged without ``resume``).
 
     The model, framework, hyper-parameters and the other options come from the ``last`` checkpoint
     (``last.pt`` or ``last.tf``), so ``ctrkit train --resume --model_save_dir DIR --epochs 5`` needs
@@ -286,6 +291,8 @@ def resume_options(given: dict[str, Any], *, note: Callable[[str], None] | None 
     from ctrkit.registry import get_model_info
     from ctrkit.training.rundir import find_resume_checkpoint, read_run_entries
 
+    if not _given_true(given, "resume") or _given_true(given, "overwrite"):  # both: validation refuses them
+        return given
     model = str(given.get("model") or "").strip()
     try:
         model = get_model_info(model).name if model else ""
@@ -359,7 +366,8 @@ def load_yaml(path: str | Path, *, model: str | None = None,
 
 
 def options_from(options: dict[str, Any], *, source: str, model: str | None = None,
-                 note: Callable[[str], None] | None = None, experiment: str | None = None) -> dict[str, Any]:
+                 note: Callable[[str], None] | None = None, experiment: str | None = None,
+                 fuxictr: bool | None = None) -> dict[str, Any]:
     """Training options by name (``batch_size`` or ``batch-size``; FuxiCTR's names too) -> ctrkit's names.
 
     FuxiCTR's keys (``embedding_dim``, ``net_dropout``, ...) are read as ctrkit's, each with one
@@ -369,7 +377,8 @@ def options_from(options: dict[str, Any], *, source: str, model: str | None = No
     from ctrkit.fuxictr import translate
 
     data = {str(k).replace("-", "_"): v for k, v in options.items()}
-    translated, notes = translate(data, source=source, known=field_names(), model=model, experiment=experiment)
+    translated, notes = translate(data, source=source, known=field_names(), model=model, experiment=experiment,
+                                  fuxictr=fuxictr)
     for line in notes:
         (note or _print_note)(line)
     return translated
@@ -634,7 +643,15 @@ def _shown_default(name: str, value: Any) -> str:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add every training flag. Defaults are suppressed so ``from_args`` sees only typed flags."""
+    """Add every training flag. Defaults are suppressed so ``from_args`` sees only typed flags.
+
+    FuxiCTR's names of some options (``--embedding_dim``, ``--learning_rate``, ...) are hidden flags
+    that ``from_args`` reads as ctrkit's (:data:`ctrkit.fuxictr.FLAG_ALIASES`).
+    """
+    from ctrkit.fuxictr import FLAG_ALIASES
+
+    for name in FLAG_ALIASES:
+        parser.add_argument(f"--{name}", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     defaults = TrainConfig()
     parser.add_argument("--config", metavar="RUN.YAML", default=argparse.SUPPRESS, help=_HELP["config"])
     for f in fields(TrainConfig):

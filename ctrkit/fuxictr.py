@@ -223,21 +223,20 @@ def _gpu_ids(value: Any) -> Any:
     return [] if number < 0 else [number]
 
 
-def _monitor(source: str, value: Any) -> Any:
+def _monitor(value: Any) -> Any:
     """FuxiCTR's ``monitor``: a metric name, or ``{metric: weight}`` (one metric maps, a weighted sum not)."""
     if not isinstance(value, Mapping):
         return value
     if len(value) == 1:
         return str(next(iter(value)))
-    raise ConfigError(f"{source}: monitor {dict(value)!r} (FuxiCTR's weighted sum of metrics) has no ctrkit "
+    raise ConfigError(f"monitor {dict(value)!r} (FuxiCTR's weighted sum of metrics) has no ctrkit "
                       "equivalent; ctrkit: --monitor auc, gauc or logloss (one metric)")
 
 
 class _Options:
     """The translated options, remembering which key set each one (to name both keys of a conflict)."""
 
-    def __init__(self, source: str):
-        self.source = source
+    def __init__(self) -> None:
         self.values: dict[str, Any] = {}
         self.origin: dict[str, str] = {}
         self.model_args: dict[str, Any] = {}
@@ -251,7 +250,7 @@ class _Options:
 
     def _put(self, values: dict, origins: dict, name: str, value: Any, origin: str) -> None:
         if name in values and not _same(values[name], value):
-            raise ConfigError(f"{self.source}: {origins[name]}: {values[name]!r} and {origin}: {value!r} set the "
+            raise ConfigError(f"{origins[name]}: {values[name]!r} and {origin}: {value!r} set the "
                               f"same option ({name}); keep one")
         values.setdefault(name, value)
         origins.setdefault(name, origin)
@@ -266,8 +265,13 @@ def _same(a: Any, b: Any) -> bool:
         return str(a).strip().lower() == str(b).strip().lower()
 
 
+#: FuxiCTR keys ``ctrkit train`` also takes as (hidden) flags, ``--embedding_dim 16``: the renamed
+#: ones, but ``gpu`` (``--gpu`` already abbreviates ``--gpu_ids``, with its own syntax)
+FLAG_ALIASES = tuple(sorted(set(RENAMED) - {"gpu"} | {"regularizer"}))
+
+
 def translate(options: Mapping[str, Any], *, source: str, known: set[str], model: str | None = None,
-              experiment: str | None = None) -> tuple[dict[str, Any], list[str]]:
+              experiment: str | None = None, fuxictr: bool | None = None) -> tuple[dict[str, Any], list[str]]:
     """``options`` with FuxiCTR's keys read as ctrkit's: ``(ctrkit options, notes)``.
 
     Args:
@@ -276,50 +280,59 @@ def translate(options: Mapping[str, Any], *, source: str, known: set[str], model
         known: ctrkit's option names (the :class:`~ctrkit.config.TrainConfig` fields).
         model: the model given elsewhere (a flag), when ``options`` has none.
         experiment: the FuxiCTR experiment id (its section name), for ``model_root``.
+        fuxictr: read the keys both projects have the FuxiCTR way (default: when the options
+            look like FuxiCTR's, :func:`looks_like_fuxictr`); the command line passes False.
 
     Raises:
         ConfigError: a FuxiCTR key with no ctrkit equivalent (naming ctrkit's nearest option), a
             FuxiCTR value ctrkit cannot honour, two keys setting one option differently, or a key
             neither knows (with the closest ctrkit option).
     """
-    fuxictr = looks_like_fuxictr(options, experiment)
-    out, notes = _Options(source), []
-    model_name = str(options.get("model") or model or "").strip().lower()
+    fuxictr = looks_like_fuxictr(options, experiment) if fuxictr is None else fuxictr
+    try:
+        result, read, same = _translate(options, known, str(options.get("model") or model or "").strip().lower(),
+                                        fuxictr, experiment)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    notes = []
+    if read:
+        notes.append(f"{source}: FuxiCTR's names read as ctrkit's: {', '.join(read)}")
+    if same:
+        notes.append(f"{source}: FuxiCTR's {', '.join(same)}: nothing to set in ctrkit (their values are "
+                     "what it does, or they do not change a run)")
+    return result, notes
+
+
+def _translate(options: Mapping[str, Any], known: set[str], model: str, fuxictr: bool,
+               experiment: str | None) -> tuple[dict[str, Any], list[str], list[str]]:
+    """:func:`translate` without the source: ``(ctrkit options, renamed keys, keys needing nothing)``."""
+    out = _Options()
+
+    def ctrkits(key: str) -> bool:
+        return key in known and not (fuxictr and key in _READ_THE_FUXICTR_WAY)
+
     for key, value in options.items():  # ctrkit's own names first: a FuxiCTR alias then conflicts with them
-        if key in known and not (fuxictr and key in _READ_THE_FUXICTR_WAY):
-            if key == "model_args":
-                for name, arg in (value or {}).items() if isinstance(value, Mapping) else ():
-                    out.set_model_arg(str(name), arg, f"model_args.{name}")
-                if not isinstance(value, Mapping):
-                    out.set(key, value, key)
-            else:
-                out.set(key, value, key)
+        if ctrkits(key) and key == "model_args" and isinstance(value, Mapping):
+            for name, arg in value.items():
+                out.set_model_arg(str(name), arg, f"model_args.{name}")
+        elif ctrkits(key):
+            out.set(key, value, key)
     found: dict[str, list[str]] = {READ: [], SAME: [], UNKNOWN: []}
     for key, value in options.items():
-        if key in known and not (fuxictr and key in _READ_THE_FUXICTR_WAY):
-            continue
-        try:
-            kind, text = _translate_one(key, value, out, options, model_name, fuxictr, experiment)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-        if text:
-            found[kind].append(text)
+        if not ctrkits(key):
+            kind, text = _translate_one(key, value, out, options, model, fuxictr, experiment)
+            found[kind] += [text] if text else []
     if found[UNKNOWN]:
-        raise ConfigError(f"{source}: unknown option(s) {', '.join(_with_hint(k, known) for k in found[UNKNOWN])}")
-    _fix_model(out, options, model_name, found[READ])
-    if found[READ]:
-        notes.append(f"{source}: FuxiCTR's names read as ctrkit's: {', '.join(found[READ])}")
-    if found[SAME]:
-        notes.append(f"{source}: FuxiCTR's {', '.join(found[SAME])}: nothing to set in ctrkit (their values are "
-                     "what it does, or they do not change a run)")
+        raise ConfigError(f"unknown option(s) {', '.join(_with_hint(k, known) for k in found[UNKNOWN])}")
+    _fix_model(out, options, model, found[READ])
     result = dict(out.values)
     if out.model_args:
         result["model_args"] = out.model_args
-    for name in ("loss", "monitor"):
-        if name in result:
-            result[name] = _LOSSES.get(str(result[name]).strip().lower(), result[name]) if name == "loss" \
-                else _monitor(source, result[name])
-    return result, notes
+    if "loss" in result:
+        result["loss"] = _LOSSES.get(str(result["loss"]).strip().lower(), result["loss"])
+    if "monitor" in result:
+        result["monitor"] = _monitor(result["monitor"])
+    return result, found[READ], found[SAME]
 
 
 #: keys both projects have, whose FuxiCTR meaning differs: read the FuxiCTR way in FuxiCTR options

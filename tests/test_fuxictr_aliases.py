@@ -203,3 +203,23 @@ def test_python_api_takes_fuxictr_keywords(tmp_path, capsys):
     with pytest.raises(ConfigError, match="ctrkit.train: embed_size: 4 and embedding_dim: 8 set the same option"):
         ctrkit.train("fm", store, embed_size=4, embedding_dim=8, model_save_dir=str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_fuxictr_names_as_flags():
+    notes: list[str] = []
+    cfg = parse("--model", "autoint", "--data", "s", "--embedding_dim", "8", "--learning_rate", "0.01",
+                "--attention_dim", "32", "--net_regularizer", "1e-5", note=notes.append)
+    # on the command line attention_dim keeps ctrkit's meaning (per head), even beside FuxiCTR's names
+    assert (cfg.embed_size, cfg.lr, cfg.attention_dim, cfg.weight_decay) == (8, 0.01, 32, 1e-5)
+    assert notes == ["the command line: FuxiCTR's names read as ctrkit's: embedding_dim → embed_size, "
+                     "learning_rate → lr, net_regularizer → weight_decay"]
+    with pytest.raises(ConfigError, match="the command line: embed_size: '8' and embedding_dim: '4' set the same "
+                                          r"option \(embed_size\); keep one"):
+        parse("--model", "deepfm", "--data", "s", "--embedding_dim", "4", "--embed_size", "8")
+
+
+def test_fuxictr_flags_stay_out_of_the_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--embed_size" in out and "--embedding_dim" not in out and "--learning_rate" not in out
