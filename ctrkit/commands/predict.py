@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = inference_overrides(args)
     inputs = inference_inputs(SimpleNamespace(checkpoint=args.checkpoint, data=args.data or args.checkpoint, raw=args.raw))
     check_output_path(args.out, inputs=inputs)  # before anything is read or written
-    if args.raw != STDIN and not Path(args.raw).is_file():
+    if args.raw != STDIN and not Path(args.raw).exists():
         raise InputError(f"no such file: {args.raw}")
     trainer = load_trainer(args.checkpoint, overrides)  # a broken checkpoint is named first
     encoder, schema_source = _encoder(args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import stat
 import sys
 import threading
 import zlib
@@ -154,7 +155,8 @@ class TextStream:
             handle = open(path, "rb")
         except OSError as exc:
             raise InputError(f"{path}: cannot be read: {exc.strerror}") from None
-        return cls(path, handle, os.fstat(handle.fileno()).st_size, close=True)
+        info = os.fstat(handle.fileno())
+        return cls(path, handle, info.st_size if stat.S_ISREG(info.st_mode) else None, close=True)
 
     def _raw_chunks(self) -> Iterator[bytes]:
         try:
@@ -245,9 +247,18 @@ def _gunzipped(name: Path, chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def is_stream_input(path: str | os.PathLike) -> bool:
-    """Whether ``path`` must be read as a :class:`TextStream`: stdin, or a gzip-compressed file."""
+    """Whether ``path`` must be read as a :class:`TextStream`: stdin, a pipe (``<(zcat …)``) or a
+    gzip-compressed file."""
     if str(path) == STDIN:
         return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):  # read once: peeking would lose its first bytes
+        return True
+    if not stat.S_ISREG(mode):
+        return False
     try:
         with open(path, "rb") as handle:
             return handle.read(2) == GZIP_MAGIC
