@@ -68,6 +68,13 @@ def first_order_only(backward: Callable) -> Callable:
     return wrapper
 
 
+def exporting() -> bool:
+    """Whether the forward is being traced or exported (``torch.jit.trace``, ``torch.onnx.export``,
+    ``torch.export``): the blocks then run their ``reference_forward`` (plain tensor operations that
+    every exporter understands) instead of the hand-written autograd Functions of this module."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
 def _grad_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulator dtype for parameter gradients computed in ``dtype``."""
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype

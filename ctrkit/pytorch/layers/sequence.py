@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctrkit.pytorch.layers import _fused
 from ctrkit.pytorch.layers._checks import check_int, check_units
 from ctrkit.pytorch.layers.embedding import Bias, FieldEmbedding
 from ctrkit.pytorch.layers.mlp import MLP, init_linear, make_activation
@@ -221,13 +222,7 @@ class _GatedRecurrence(torch.autograd.Function):
         h = projected.new_zeros(batch, hd)
         states, r_all, u_all, n_all, hn_all = (projected.new_empty(batch, length, hd) for _ in range(5))
         for t in range(length):
-            hp = torch.addmm(bias, h, weight.t())  # (B, 3H)
-            xp = projected[:, t]
-            r = torch.sigmoid(xp[:, :hd] + hp[:, :hd])
-            u0 = torch.sigmoid(xp[:, hd:2 * hd] + hp[:, hd:2 * hd])
-            hn = hp[:, 2 * hd:]
-            n = torch.tanh(torch.addcmul(xp[:, 2 * hd:], r, hn))
-            h = torch.addcmul(h, u0 * gate[:, t], n - h)  # (B, H)
+            h, r, u0, n, hn = gated_step(projected[:, t], gate[:, t], h, weight, bias)
             states[:, t], r_all[:, t], u_all[:, t], n_all[:, t], hn_all[:, t] = h, r, u0, n, hn
         ctx.save_for_backward(gate, weight, states, r_all, u_all, n_all, hn_all)
         return states
@@ -259,6 +254,30 @@ class _GatedRecurrence(torch.autograd.Function):
             d_bias += d_hp.sum(0)
             dh = torch.addmm(dh * (1 - u), d_hp, weight)
         return d_projected, d_gate if ctx.needs_input_grad[1] else None, d_weight, d_bias
+
+
+def gated_step(xp: torch.Tensor, g: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    """One step of the :class:`GRU` recurrence for the whole batch: ``xp`` ``[B, 3H]`` (the input
+    projection), ``g`` ``[B, 1]``, ``h`` ``[B, H]`` -> ``(h', r, u0, n, hn)``, each ``[B, H]``."""
+    hd = h.shape[1]
+    hp = torch.addmm(bias, h, weight.t())  # (B, 3H)
+    r = torch.sigmoid(xp[:, :hd] + hp[:, :hd])
+    u0 = torch.sigmoid(xp[:, hd:2 * hd] + hp[:, hd:2 * hd])
+    hn = hp[:, 2 * hd:]
+    n = torch.tanh(torch.addcmul(xp[:, 2 * hd:], r, hn))
+    return torch.addcmul(h, u0 * g, n - h), r, u0, n, hn  # h' (B, H)
+
+
+def traceable_recurrence(projected: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor) -> torch.Tensor:
+    """:class:`_GatedRecurrence`'s forward as plain operations (no autograd Function, no in-place
+    writes), for tracing and export: ``[B, L, 3H]``, ``[B, L, 1]`` -> states ``[B, L, H]``."""
+    h = projected.new_zeros(projected.shape[0], weight.shape[1])
+    states = []
+    for t in range(projected.shape[1]):
+        h = gated_step(projected[:, t], gate[:, t], h, weight, bias)[0]
+        states.append(h)
+    return torch.stack(states, dim=1)  # (B, L, H)
 
 
 class GRU(nn.Module):
@@ -311,8 +330,9 @@ class GRU(nn.Module):
         state_dtype = _wide(self.hidden_linear.weight.dtype)
         projected = self.input_linear(x).to(state_dtype)  # (B, L, 3H)
         gate = gate.to(state_dtype).unsqueeze(-1)  # (B, L, 1)
+        recurrence = traceable_recurrence if _fused.exporting() else _GatedRecurrence.apply
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return _GatedRecurrence.apply(projected, gate, self.hidden_linear.weight.to(state_dtype),
+            return recurrence(projected, gate, self.hidden_linear.weight.to(state_dtype),
                                           self.hidden_linear.bias.to(state_dtype))  # (B, L, H)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
