@@ -274,3 +274,17 @@ def test_a_number_column_passes_through_as_written(capsys, run, tmp_path, scores
     raw = [line.split("\t")[2] for line in (run / "new.tsv").read_text().splitlines()]
     assert table.get_column("I2").fill_null("").to_list() == raw
     np.testing.assert_allclose(table.get_column("probability").to_numpy(), scores, rtol=0, atol=1e-6)
+
+
+def test_the_progress_bar_goes_to_stderr_only_when_asked_or_on_a_terminal(capsys, run, tmp_path):
+    from ctrkit.commands.evaluate import load_trainer
+    from ctrkit.commands.predict import score_file
+
+    trainer = load_trainer(str(run / "run"), {"gpu_ids": [], "eval_batch_size": 512, "num_workers": 0, "threads": 1})
+    encoder = load_encoder(run / "run")
+    score_file(trainer, encoder, str(run / "new.tsv"), "-", progress=True)
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == NEW_ROWS and "predict" in err and "1,000 rows" in err
+    score_file(trainer, encoder, str(run / "new.tsv"), "-", progress=None)  # stderr is no terminal here
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == NEW_ROWS and err == ""
