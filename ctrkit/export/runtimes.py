@@ -7,6 +7,7 @@ arrays in manifest order (:func:`ctrkit.export.inputs.graph_arrays`) to float32 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,7 +55,9 @@ def _torchscript(path: Path, names: list[str], output: str, threads: int) -> Sco
     if threads:
         torch.set_num_threads(threads)
     try:
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript in favour of torch.export
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:  # RuntimeError and others for broken files
         raise InputError(f"{path}: torch.jit.load cannot load it: {str(exc).splitlines()[0]}") from None
 
