@@ -28,7 +28,7 @@ TensorFlow's own lives here:
       # on host1 (the chief: rank 0, writes the run directory)
       export TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
                          "task": {"type": "worker", "index": 0}}'
-      ctrkit train --framework tf --model deepfm --data /data/criteo.lmdb --batch_size 4096 \
+      ctrkit train --framework tf --model deepfm --data /data/criteo.lmdb --batch_size 4096 \\
           --model_save_dir /shared/runs/deepfm [--gpu_ids 0,1]
       # on host2: the same command with "index": 1
 
