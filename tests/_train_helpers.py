@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,15 @@ def run_cli(*args: str, timeout: float = 300, launcher: list[str] | None = None,
         env.pop(name, None)
     command = [PYTHON, *(launcher or ["-m"]), module, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+
+
+def free_loopback_ports(n: int) -> list[int]:
+    """``n`` TCP ports on 127.0.0.1 that were free a moment ago (for the workers of a local cluster)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
