@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,7 +23,7 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _train_helpers import PYTHON, ROOT, build_store  # noqa: E402
+from _train_helpers import PYTHON, ROOT, build_store, free_loopback_ports  # noqa: E402
 
 from ctrkit.errors import ConfigError  # noqa: E402
 from ctrkit.tensorflow import devices  # noqa: E402
@@ -303,17 +302,6 @@ print(json.dumps({"index": index, "replicas": strategy.num_replicas_in_sync, "su
                   "rank": devices.strategy_rank(strategy),
                   "steps": steps, "label_sum": label_sum, "sparse_sum": sparse_sum}))
 """
-
-
-def free_loopback_ports(n: int) -> list[int]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def test_two_workers_on_loopback(tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("safetensors")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _train_helpers import PYTHON, ROOT, build_store  # noqa: E402
+from _train_helpers import PYTHON, ROOT, build_store, free_loopback_ports  # noqa: E402
 
 from ctrkit.config import TrainConfig  # noqa: E402
 from ctrkit.errors import ConfigError  # noqa: E402
@@ -55,17 +54,6 @@ trainer_module.Trainer.fit = fit_and_dump
 from ctrkit.cli import main
 sys.exit(main(argv))
 """
-
-
-def free_loopback_ports(n: int) -> list[int]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def child_env(tf_config: dict | None) -> dict[str, str]:
