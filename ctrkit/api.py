@@ -99,7 +99,7 @@ def train(model: str, store: Any, *, config: PathLike | None = None, **options: 
     ``--config`` (``options`` win). Raises :class:`~ctrkit.errors.ConfigError` for an unknown or
     invalid option, exactly as the command line would.
     """
-    from ctrkit.config import TrainConfig, load_yaml, options_from
+    from ctrkit.config import TrainConfig, load_yaml, options_from, resume_options
     from ctrkit.training.frameworks import train_from_config
 
     merged: dict[str, Any] = load_yaml(config, model=model) if config else {}
@@ -108,7 +108,7 @@ def train(model: str, store: Any, *, config: PathLike | None = None, **options: 
     merged.update(options, model=model, data=str(path))
     if not merged.get("model_save_dir"):
         raise ConfigError("ctrkit.train: model_save_dir is required (the run directory)")
-    config_object = TrainConfig(**merged).validate()
+    config_object = TrainConfig(**resume_options(merged)).validate()  # resume=True: the run's own options
     metrics = train_from_config(config_object)
     return Run(config_object.save_dir, config_object, metrics)
 
