@@ -104,3 +104,18 @@ def test_contradictions_and_missing_pieces_are_one_line_errors(capsys, store, tm
     assert code == 2 and f"--resume: no checkpoint to resume from at {tmp_path / 'empty' / 'last.pt'}" in err
     code, _, err = cli(capsys, "train", "--resume", "--data", str(store.path))
     assert code == 2 and "--resume needs --model_save_dir DIR" in err
+
+
+def test_python_api_resume_takes_the_runs_options(store, tmp_path):
+    import ctrkit
+    from ctrkit.errors import ConfigError
+
+    save_dir = tmp_path / "run"
+    first = ctrkit.train("fm", store, epochs=1, batch_size=500, embed_size=3, lr=0.01, threads=1,
+                         model_save_dir=str(save_dir))
+    run = ctrkit.train("fm", store, resume=True, epochs=2, threads=1, model_save_dir=str(save_dir))
+    assert (run.config.embed_size, run.config.batch_size, run.config.lr) == (3, 500, 0.01)
+    assert [h["epoch"] for h in run.metrics["history"]] == [1, 2]
+    assert run.metrics["history"][0] == first.metrics["history"][0]
+    with pytest.raises(ConfigError, match="holds a fm model, not --model deepfm"):
+        ctrkit.train("deepfm", store, resume=True, epochs=3, model_save_dir=str(save_dir))
