@@ -183,11 +183,11 @@ def _aligned_lines(lines: int, kept, probs) -> str:
     positions ``kept``; ``nan`` where a row was skipped."""
     import numpy as np
 
-    if len(kept) == lines:
-        return "".join(f"{p:.8g}\n" for p in probs)
-    scores = np.full(lines, np.nan)
-    scores[kept] = probs
-    return "".join(f"{p:.8g}\n" for p in scores)
+    if len(kept) != lines:
+        scores = np.full(lines, np.nan)
+        scores[kept] = probs
+        probs = scores
+    return _probability_text(probs).str.join("\n").item() + "\n" if lines else ""
 
 
 def _id_lines(ids, probs) -> str:
@@ -196,8 +196,17 @@ def _id_lines(ids, probs) -> str:
 
     if not len(ids):
         return ""
-    frame = pl.DataFrame({"id": ids, "p": [f"{p:.8g}" for p in probs]})
-    return frame.write_csv(include_header=False)
+    return pl.DataFrame({"id": ids, "p": _probability_text(probs)}).write_csv(include_header=False)
+
+
+def _probability_text(probs):
+    """Probabilities as text (a polars String Series): the shortest decimal that reads back as the
+    same float32 (the models compute in float32), ``nan`` for a skipped row. Vectorised: Python's
+    ``f"{p:.8g}"`` costs seconds per million rows."""
+    import numpy as np
+    import polars as pl
+
+    return pl.Series(np.asarray(probs, dtype=np.float32)).fill_nan(None).cast(pl.String).fill_null("nan")
 
 
 def _csv_row(values: list[str]) -> str:
