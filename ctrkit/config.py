@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
@@ -385,7 +386,9 @@ def options_from(options: dict[str, Any], *, source: str, model: str | None = No
 
 
 def _print_note(line: str) -> None:
-    print(f"note: {line}", file=sys.stderr)
+    """One note on stderr, from the first process only (under torchrun every rank reads the options)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {line}", file=sys.stderr)
 
 
 def _yaml_text(path: Path, raw: bytes) -> str:
