@@ -222,14 +222,25 @@ def all_workers_sum(strategy: tf.distribute.Strategy, value: Any, dtype: tf.DTyp
     return _sum_from(strategy, np.asarray(value), dtype, chief_only=False)
 
 
-def broadcast_bytes(strategy: tf.distribute.Strategy, data: bytes | None, is_chief: bool) -> bytes:
-    """The chief's ``data`` on every worker (the others pass anything, e.g. None)."""
+#: bytes a broadcast sends per collective: bounds the extra memory of a large checkpoint's broadcast
+BROADCAST_CHUNK = 64 << 20
+
+
+def broadcast_bytes(strategy: tf.distribute.Strategy, data: bytes | None, is_chief: bool,
+                    chunk: int = BROADCAST_CHUNK) -> bytes:
+    """The chief's ``data`` on every worker (the others pass anything, e.g. None), ``chunk`` bytes
+    per collective (a multiple of 8)."""
     length = int(_sum_from(strategy, np.int64(len(data) if is_chief else 0), tf.int64, chief_only=True))
-    words = np.zeros((length + 7) // 8, np.int64)
-    if is_chief:
-        words.view(np.uint8)[:length] = np.frombuffer(data, np.uint8)
-    words = _sum_from(strategy, words, tf.int64, chief_only=True)  # others add zeros: exact
-    return words.view(np.uint8)[:length].tobytes()
+    received = bytearray(length)
+    source = np.frombuffer(data, np.uint8) if is_chief else None
+    for start in range(0, length, chunk):
+        size = min(chunk, length - start)
+        words = np.zeros((size + 7) // 8, np.int64)
+        if is_chief:
+            words.view(np.uint8)[:size] = source[start:start + size]
+        words = _sum_from(strategy, words, tf.int64, chief_only=True)  # the others add zeros: exact
+        received[start:start + size] = words.view(np.uint8)[:size].tobytes()
+    return bytes(received)
 
 
 def broadcast_value(strategy: tf.distribute.Strategy, value: Any, is_chief: bool) -> Any:

@@ -288,6 +288,8 @@ total = float(all_reduce(tf.constant(float(10 ** index))))
 summed = devices.all_workers_sum(strategy, [index + 1, 10], tf.int64).tolist()
 sent = {"w": np.arange(5, dtype=np.float32) * 1.5, "why": ConfigError("x")} if index == 0 else None
 got = devices.broadcast_value(strategy, sent, index == 0)
+payload = bytes(range(256)) * 5 + b"xyz"   # several chunks of 64 bytes and a short one
+assert devices.broadcast_bytes(strategy, payload if index == 0 else None, index == 0, chunk=64) == payload
 assert np.array_equal(got["w"], np.arange(5, dtype=np.float32) * 1.5) and type(got["why"]) is ConfigError
 label_sum = 0.0
 sparse_sum = 0
