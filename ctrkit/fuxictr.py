@@ -160,7 +160,6 @@ REFUSED: dict[str, str] = {
     "aux_activation": "--model_args aux_hidden_units (the auxiliary net's sizes)",
     "reduce_lr_on_plateau": "--lr_patience N and --lr_factor F",
     "embedding_initializer": "--init (Linear layers; embedding rows are N(0, 1e-4^2))",
-    "loss_weight": "--loss BCE",
 }
 
 #: kinds of key (:func:`_translate_one`)
@@ -168,11 +167,6 @@ READ, SAME, UNKNOWN = "read", "same", "unknown"
 #: the FuxiCTR section every experiment of a model_config.yaml inherits
 BASE_SECTION = "Base"
 _LOSSES = {"binary_crossentropy": "BCE", "bce": "BCE", "bceloss": "BCE", "binary_cross_entropy": "BCE"}
-
-
-def is_fuxictr_key(key: str) -> bool:
-    return key in RENAMED or key in MODEL_KEYWORDS or key in FIXED or key in IGNORED or key in REFUSED \
-        or key in ("regularizer", "monitor_mode", "stacked_dnn_hidden_units", "parallel_dnn_hidden_units")
 
 
 def flatten_layout(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], str | None]:
