@@ -17,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and an optional --config YAML file (flags win). Writes best.pt and last.pt (--framework tf: "
             "best.tf and last.tf, safetensors), metrics.json and TensorBoard logs to --model_save_dir; a "
             "directory holding a previous run needs --resume or --overwrite. SIGINT/SIGTERM stop after "
-            "the current step with the last checkpoint saved (exit code 130/143); --resume continues exactly."
+            "the current step with the last checkpoint saved (exit code 130/143); --resume continues exactly, "
+            "reading the model, framework, options and store from the run's last checkpoint "
+            "(`ctrkit train --resume --model_save_dir DIR`). FuxiCTR's option names (embedding_dim, "
+            "net_dropout, a model_config.yaml with Base and one experiment) are read as ctrkit's, with a note."
         ),
     )
     add_train_arguments(parser)
