@@ -106,6 +106,7 @@ def _manifest(fmt: str, loaded, source_framework: str, checkpoint: Path, inputs,
         "source_checkpoint": str(checkpoint),
         "export_format": fmt,
         "artifact": FORMATS[fmt][1],
+        "precision": "fp32",
     }
     if "opset" in runtime:
         manifest["opset"] = runtime.pop("opset")

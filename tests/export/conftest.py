@@ -43,6 +43,7 @@ class Case:
     raw: object | None  # polars DataFrame of raw rows (Criteo), or None (Taobao: encoded rows only)
     batch: dict  # the encoded rows
     expected: np.ndarray  # the checkpoint's probabilities of them
+    store: object = None  # the store it was trained on
     tf_run: Path | None = None
     bundles: dict = field(default_factory=dict)  # (source framework, format) -> bundle directory
 
@@ -123,7 +124,7 @@ def runs(tmp_path_factory) -> dict[str, Case]:
         else:
             batch, raw, expected = model.encode(frame).batch, frame, model.predict(frame)
         assert expected.shape == (ROWS,) and expected.std() > 1e-3, name  # scores that tell rows apart
-        cases[name] = Case(name, run, raw, batch, expected)
+        cases[name] = Case(name, run, raw, batch, expected, taobao if info.needs_sequence else criteo)
     return cases
 
 

@@ -112,3 +112,17 @@ def test_the_sequence_models_score_encoded_rows_through_load(bundles):
         for bundle in case.bundles.values():
             scores = ctrkit.load(bundle).predict_batch(case.batch)
             np.testing.assert_allclose(scores, case.expected, rtol=0, atol=TOLERANCE, err_msg=f"{name} {bundle.name}")
+
+
+@pytest.mark.parametrize("name", ["deepfm", "din"])
+def test_a_bundle_evaluates_a_store_split_as_its_checkpoint(bundles, name):
+    import ctrkit
+
+    case = bundles[name]
+    expected = ctrkit.load(case.run).evaluate(case.store, "test")
+    got = ctrkit.load(case.bundles[("torch", "onnx")] if name == "deepfm" else case.bundles[("tf", "savedmodel")],
+                      batch_size=64).evaluate(case.store, "test")
+    assert set(got) >= {"auc", "logloss"} and ("gauc" in got) == ("gauc" in expected)
+    for key in ("auc", "logloss", "gauc"):
+        if key in expected:
+            assert got[key] == pytest.approx(expected[key], abs=1e-5), key
