@@ -156,3 +156,20 @@ def test_not_ready_before_the_lifespan_starts(served_run):
     assert client.get("/health").status_code == 503
     response = client.post("/predict", json={"rows": served_run.rows[:1]})
     assert response.status_code == 503 and "not ready" in response.json()["error"]
+
+
+def test_an_exported_bundle_serves_the_scores_of_its_checkpoint(served_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import ctrkit
+
+    bundle = tmp_path / "bundle"
+    assert main(["export", str(served_run.run_dir), "--format", "onnx", "--out", str(bundle)]) == 0
+    model = ctrkit.load(bundle, threads=1)
+    rows = served_run.rows[:40]
+    with TestClient(create_app(model)) as client:
+        response = client.post("/predict", json={"rows": rows})
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose(response.json()["probabilities"], served_run.model.predict(rows), atol=1e-6, rtol=0)
+        assert client.get("/metadata").json()["model"] == "deepfm"
+        bad = client.post("/predict", json={"rows": [{**rows[0], "I1": "x"}]})
+        assert bad.status_code == 422 and "rows[0].I1" in bad.json()["error"]

@@ -47,7 +47,6 @@ def wait_healthy(process: subprocess.Popen, url: str) -> None:
     raise AssertionError(f"ctrkit serve not healthy after {START_TIMEOUT_S} s")
 
 
-@pytest.mark.slow  # a process that imports torch and loads the model: ~10-25 s
 def test_serve_on_loopback_answers_concurrent_requests_and_stops_cleanly(served_run):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
