@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -48,8 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-INTEGER_COLUMNS = [f"I{i}" for i in range(1, 14)]
-CATEGORICAL_COLUMNS = [f"C{i}" for i in range(1, 27)]
 MODEL_OPTIONS = {"embed_size": 16, "hidden_units": [400, 400, 400], "batch_size": 4096, "epochs": 1}
 
 
@@ -90,17 +87,6 @@ def train_models(models: list[str], rows: int, scratch: Path) -> dict[str, Path]
     return runs
 
 
-def json_rows(tsv: Path) -> list[dict]:
-    """Unlabeled Criteo TSV lines → row objects as a client sends them (ints, strings, null)."""
-    rows = []
-    for line in tsv.read_text().splitlines():
-        fields = line.split("\t")
-        row = {c: (int(v) if v else None) for c, v in zip(INTEGER_COLUMNS, fields[:13])}
-        row.update({c: (v or None) for c, v in zip(CATEGORICAL_COLUMNS, fields[13:])})
-        rows.append(row)
-    return rows
-
-
 def request_bodies(rows: list[dict], per_request: int, count: int) -> list[tuple[list[dict], bytes]]:
     """``count`` distinct requests of ``per_request`` rows (wrapping around ``rows``), pre-serialised."""
     bodies = []
@@ -127,25 +113,18 @@ def start_service(run_dir: Path, precision: str, args: argparse.Namespace, log: 
     handle = open(log, "w")
     process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(process, url, log)
+    wait_healthy_or_exit(process, url, log)
     return process, url
 
 
-def wait_healthy(process: subprocess.Popen, url: str, log: Path, timeout: float = 120) -> None:
-    import httpx
+def wait_healthy_or_exit(process: subprocess.Popen, url: str, log: Path) -> None:
+    from ctrkit.serving.client import wait_healthy
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"ctrkit serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"ctrkit serve not healthy after {timeout} s:\n{log.read_text()}")
+    try:
+        wait_healthy(url, process, timeout=120)
+    except RuntimeError as exc:
+        process.kill()
+        raise SystemExit(f"{exc}:\n{log.read_text()}") from None
 
 
 def stop_service(process: subprocess.Popen) -> int:
@@ -223,6 +202,7 @@ def check_scores(served: dict[int, np.ndarray], expected: list[np.ndarray]) -> f
 def main(argv: list[str] | None = None) -> int:
     import ctrkit
     from ctrkit.data.synthetic import write_synthetic_criteo
+    from ctrkit.serving.client import criteo_json_rows
 
     args = parse_args(argv)
     machine = common.machine_info()
@@ -235,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training {', '.join(models)} on {args.train_rows:,} synthetic Criteo rows ...", flush=True)
         runs = train_models(models, args.train_rows, scratch)
         write_synthetic_criteo(scratch / "score.tsv", rows=2000, seed=7, unlabeled=True)
-        rows = json_rows(scratch / "score.tsv")
+        rows = criteo_json_rows(scratch / "score.tsv")
         bodies = request_bodies(rows, args.rows_per_request, count=64)
         for model_name in models:
             for precision in precisions:

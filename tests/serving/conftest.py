@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-INTEGER_COLUMNS = [f"I{i}" for i in range(1, 14)]
-CATEGORICAL_COLUMNS = [f"C{i}" for i in range(1, 27)]
+from ctrkit.serving.client import criteo_json_rows
 
 
 @dataclass
@@ -17,17 +16,6 @@ class ServedRun:
     raw: Path  # unlabeled Criteo TSV rows
     rows: list[dict]  # the same rows as JSON row objects (ints, strings, None for empty fields)
     model: object  # ctrkit.load(run_dir)
-
-
-def json_rows(tsv: Path) -> list[dict]:
-    """Criteo TSV lines (unlabeled) → row objects as a client sends them."""
-    rows = []
-    for line in tsv.read_text().splitlines():
-        fields = line.split("\t")
-        row = {c: (int(v) if v else None) for c, v in zip(INTEGER_COLUMNS, fields[:13])}
-        row.update({c: (v or None) for c, v in zip(CATEGORICAL_COLUMNS, fields[13:])})
-        rows.append(row)
-    return rows
 
 
 @pytest.fixture(scope="session")
@@ -42,4 +30,4 @@ def served_run(tmp_path_factory) -> ServedRun:
     run = ctrkit.train("deepfm", store, epochs=1, batch_size=256, embed_size=4, hidden_units=[16], threads=1,
                        model_save_dir=str(root / "deepfm"))
     model = ctrkit.load(run.directory, threads=1)
-    return ServedRun(run.directory, root / "score.tsv", json_rows(root / "score.tsv"), model)
+    return ServedRun(run.directory, root / "score.tsv", criteo_json_rows(root / "score.tsv"), model)

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,6 +14,8 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
+
+from ctrkit.serving.client import wait_healthy  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 START_TIMEOUT_S = 90  # imports torch and loads the model on a busy 2-core machine
@@ -33,27 +34,16 @@ def serve(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_healthy(process: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"ctrkit serve exited with {process.returncode}: {process.stderr.read()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"ctrkit serve not healthy after {START_TIMEOUT_S} s")
-
-
 def test_serve_on_loopback_answers_concurrent_requests_and_stops_cleanly(served_run):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = serve(str(served_run.run_dir), "--port", str(port), "--threads", "1", "--max-wait-ms", "20",
                     "--max-rows-per-request", "50")
     try:
-        wait_healthy(process, url)
+        try:
+            wait_healthy(url, process, timeout=START_TIMEOUT_S)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}: {process.communicate(timeout=10)[1] if process.poll() is not None else ''}")
         parts = [served_run.rows[i * 10:i * 10 + 10] for i in range(8)]
         with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(lambda part: client.post("/predict", json={"rows": part}), parts))
