@@ -119,11 +119,12 @@ def encode_rows(encoder, data: Any, *, strict: bool = True, where: str = "rows")
     if missing:
         raise InputError(f"{where}: missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
                          f"(the model reads {len(needed)} columns: {', '.join(needed)})")
-    native = frame.select([pl.col(c).fill_nan(None) if frame.schema[c].is_float() else pl.col(c) for c in needed])
-    native = native.select(pl.col(c).cast(pl.String) if native.schema[c] == pl.Null else pl.col(c) for c in needed)
-    conversion = Conversion(spec, needed, labeled=False)
+    types = frame.schema
+    native = frame.select([pl.col(c).fill_nan(None) if types[c].is_float() else
+                           pl.col(c).cast(pl.String) if types[c] == pl.Null else pl.col(c) for c in needed])
+    conversion, exprs = _conversion(encoder, needed)
     bad_rows = BadRows(keep_examples=native.height)
-    parsed = parse_native(conversion, conversion.exprs(strict=True), native, where, 1, bad_rows, strict=False)
+    parsed = parse_native(conversion, exprs, native, where, 1, bad_rows, strict=False)
     if strict and bad_rows.examples:
         first = bad_rows.examples[0]
         raise InputError(f"{where}: row {first['line']}: column {first['field']}: {first['reason']}"
@@ -132,6 +133,16 @@ def encode_rows(encoder, data: Any, *, strict: bool = True, where: str = "rows")
     batch = batches[0] if batches else _empty_batch(encoder)
     problems = [{"row": e["line"] - 1, "column": e["field"], "reason": e["reason"]} for e in bad_rows.examples]
     return EncodedRows(batch=batch, kept=parsed.line_index.astype(np.int64), rows=native.height, problems=problems)
+
+
+def _conversion(encoder, columns: list[str]) -> tuple[Conversion, list[pl.Expr]]:
+    """The conversion of ``encoder``'s raw columns and its strict expressions, built once per encoder
+    (a service encodes every request with them)."""
+    cached = getattr(encoder, "_rows_conversion", None)
+    if cached is None:
+        conversion = Conversion(encoder.spec, columns, labeled=False)
+        cached = encoder._rows_conversion = (conversion, conversion.exprs(strict=True))
+    return cached
 
 
 def _empty_batch(encoder) -> dict[str, np.ndarray]:

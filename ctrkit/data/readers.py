@@ -512,14 +512,15 @@ def parse_native(conversion: Conversion, exprs: list[pl.Expr], native: pl.DataFr
     Bad rows are reported as ``where:<first_row + position>`` (:func:`report_problems`) and left out;
     ``ParsedBlock.line_index`` holds the positions of the rows kept.
     """
-    raw = native.select(pl.col(c).cast(pl.String) for c in native.columns)
-    typed = native.select(_cast(native, c, t) for c, t in conversion.read_types.items())
+    schema = native.schema  # built once: each .schema access builds a new Schema object
+    typed = native.select(_cast(schema, c, t) for c, t in conversion.read_types.items())
     try:
         converted = typed.select(exprs)
-        if converted.get_column("ok").all() and not conversion.field_problems(typed, raw):
+        if converted.get_column("ok").all() and not _cast_lost_values(native, typed):
             return conversion.parsed(converted, np.arange(native.height))
     except pl.exceptions.PolarsError:
         pass
+    raw = native.select(pl.col(c).cast(pl.String) for c in native.columns)
     problems = conversion.field_problems(typed, raw)
     report_problems(where, first_row, problems, bad_rows, strict)
     good = np.asarray([i for i in range(native.height) if i not in problems], dtype=np.int64)
@@ -528,14 +529,30 @@ def parse_native(conversion: Conversion, exprs: list[pl.Expr], native: pl.DataFr
     return conversion.parsed(typed[good].select(exprs), good)
 
 
-def _cast(native: pl.DataFrame, column: str, dtype: pl.DataType) -> pl.Expr:
+def _cast_lost_values(native: pl.DataFrame, typed: pl.DataFrame) -> bool:
+    """Whether a cast to the conversion's dtypes turned a value into null (text that is not a number).
+
+    The strict expressions catch every other bad value (they raise, or clear the ``ok`` flag); this
+    one check over all recast columns lets a clean block skip the per-field search, which runs a
+    query per column and check (most of the time of encoding a small request).
+    """
+    before_types, after_types = native.schema, typed.schema
+    recast = [c for c in typed.columns if before_types[c] != after_types[c]]
+    if not recast:
+        return False
+    before = native.select(pl.col(recast).null_count()).row(0)
+    after = typed.select(pl.col(recast).null_count()).row(0)
+    return before != after
+
+
+def _cast(schema: pl.Schema, column: str, dtype: pl.DataType) -> pl.Expr:
     """A Parquet column as the dtype the conversion reads (numbers as text, text as numbers)."""
-    if native.schema[column] == dtype:
+    if schema[column] == dtype:
         return pl.col(column)
     if dtype == pl.Int8:  # a 0/1 label stored as another integer or float type
         value = pl.col(column).cast(pl.Float64, strict=False)
         return pl.when(value.is_in([0.0, 1.0])).then(value).cast(pl.Int8, strict=False).alias(column)
-    if dtype == pl.String and native.schema[column].is_float():
+    if dtype == pl.String and schema[column].is_float():
         # integers that went through a float column (pandas' ints with NaN, Parquet doubles): 1.0 is "1"
         value = pl.col(column).fill_nan(None)
         whole = (value == value.floor()) & (value.abs() < 2.0**53)

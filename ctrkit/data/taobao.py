@@ -365,7 +365,8 @@ class TaobaoSource:
         if self._conversion is None:
             columns = [c for c in rows.columns if c != "line"]
             self._conversion = Conversion(self._scalar_spec, columns, labeled=True)
-        typed = rows.select(_cast(rows, c, t) for c, t in self._conversion.read_types.items())
+        schema = rows.schema
+        typed = rows.select(_cast(schema, c, t) for c, t in self._conversion.read_types.items())
         converted = typed.select(self._conversion.exprs(strict=False))
         bad = converted.filter(~pl.col("ok"))
         if bad.height:
