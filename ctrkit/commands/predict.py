@@ -19,11 +19,16 @@ Malformed rows are skipped and reported on stderr (how many, the first few as
 (the lines stay aligned with the input), or, with ``--id``, left out. When far more values are
 out of vocabulary than in the training data (:func:`ctrkit.data.encoder.oov_shift_warning`), a
 warning on stderr names the features that moved most.
+
+Parsing and encoding run in a background thread one block ahead of the model, so ``--threads 0``
+(the default) gives the model all cores but one (on 2 cores: torch's default 2 threads made the
+model and the reader compete, 35k rows/s for DeepFM against 45k with 1; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from ctrkit.fileio import check_output_path
 
     overrides = inference_overrides(args)
+    if overrides["threads"] == 0:  # the reading thread runs beside the model: leave it a core
+        overrides["threads"] = max(1, (os.cpu_count() or 1) - 1)
     inputs = inference_inputs(SimpleNamespace(checkpoint=args.checkpoint, data=args.data or args.checkpoint, raw=args.raw))
     check_output_path(args.out, inputs=inputs)  # before anything is read or written
     if args.raw != STDIN and not Path(args.raw).exists():
