@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CROSS, FORMATS, ROWS
+from .conftest import CROSS, FORMATS, ROWS
 
 pytestmark = pytest.mark.slow
 
