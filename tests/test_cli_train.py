@@ -168,7 +168,7 @@ def test_train_evaluate_predict_round_trip(capsys, criteo, tmp_path):
     assert not debris(tmp_path)
 
 
-def test_predict_malformed_row_writes_nothing(capsys, criteo, tmp_path, store):
+def test_predict_malformed_row_skipped_or_stopped_by_strict(capsys, criteo, tmp_path, store):
     from ctrkit.pytorch.trainer import train_from_config
     from ctrkit.config import TrainConfig
 
@@ -182,7 +182,13 @@ def test_predict_malformed_row_writes_nothing(capsys, criteo, tmp_path, store):
     out = tmp_path / "scores.tsv"
     code, _, err = cli(capsys, "predict", str(save_dir), str(bad), "--data", str(criteo / "store.lmdb"),
                        "--out", str(out))
-    assert code == 2 and "bad.tsv" in err and "5" in err, err
+    assert code == 0 and "1 malformed rows skipped (first: bad.tsv:5" in err, err
+    scores = out.read_text().splitlines()
+    assert len(scores) == len(lines) and scores[4] == "nan" and "nan" not in scores[:4] + scores[5:]
+    out.unlink()
+    code, _, err = cli(capsys, "predict", str(save_dir), str(bad), "--data", str(criteo / "store.lmdb"),
+                       "--out", str(out), "--strict")
+    assert code == 2 and "bad.tsv:5" in err, err
     assert not out.exists() and not debris(tmp_path)
 
     # a checkpoint evaluated on a store of another schema is refused

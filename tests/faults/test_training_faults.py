@@ -171,20 +171,23 @@ def test_a_previous_run_needs_resume_or_overwrite(capsys, store, tmp_path):
     assert code == 0, err
     before = {p.name: p.read_bytes() for p in save_dir.iterdir() if p.is_file()}
     events = sorted((save_dir / "tensorboard").iterdir())
+    old_events = {p.read_bytes() for p in events}
 
     code, _, err = cli(capsys, *train_args(store, save_dir, "--model", "lr"))
     line = error_line(code, err)
-    assert f"{save_dir} holds a finished deepfm run (best.pt, last.pt, metrics.json, tensorboard)" in line
+    assert f"{save_dir} holds a finished deepfm run (" in line
+    assert "last.pt, metrics.json, tensorboard, test_predictions.npz)" in line
     assert "pass --resume to continue it or --overwrite to replace it" in line
     assert {p.name: p.read_bytes() for p in save_dir.iterdir() if p.is_file()} == before
     assert sorted((save_dir / "tensorboard").iterdir()) == events
 
     code, out, err = cli(capsys, *train_args(store, save_dir, "--model", "lr", "--overwrite"))
     assert code == 0, err
-    assert "--overwrite: removed the previous run's best.pt, last.pt, metrics.json, tensorboard" in out
+    assert "--overwrite: removed the previous run's best.pt, last.pt, metrics.json, tensorboard, test_predictions.npz" in out
     assert json.loads((save_dir / "metrics.json").read_text())["model"] == "lr"
     assert load_checkpoint(save_dir / "best.pt")["model_name"] == "lr"
-    assert len(list((save_dir / "tensorboard").iterdir())) == 1  # the new run's events alone
+    renewed = sorted((save_dir / "tensorboard").iterdir())
+    assert len(renewed) == 2 and not {p.read_bytes() for p in renewed} & old_events  # the new run's scalars and HParams alone
 
     code, _, err = cli(capsys, *train_args(store, save_dir, "--model", "lr", "--overwrite", "--resume"))
     assert "--resume and --overwrite exclude each other" in error_line(code, err)

@@ -46,11 +46,13 @@ def check_run(result, save_dir: Path, store) -> dict:
     assert metrics["best_valid"]["auc"] > 0.8
 
     # only rank 0 writes and prints: one TensorBoard file, each epoch line once, no temp files
-    assert len(list((save_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    events = sorted(p.name for p in (save_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 2 and events[1].endswith(".hparams")  # rank 0's scalars and HParams alone
     for epoch in (1, 2):
         assert len(re.findall(rf"^epoch {epoch}/2 ", result.stdout, flags=re.M)) == 1, result.stdout
     assert result.stdout.count("test auc") == 1
-    assert sorted(p.name for p in save_dir.iterdir()) == ["best.pt", "last.pt", "metrics.json", "tensorboard"]
+    assert sorted(p.name for p in save_dir.iterdir()) == ["best.pt", "last.pt", "metrics.json", "tensorboard",
+                                                          "test_predictions.npz"]
 
     # the gathered sharded evaluation equals a single-process evaluation of the best weights
     trainer = Trainer.from_checkpoint(save_dir / "best.pt")
