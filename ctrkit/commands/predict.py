@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(--strict: stop at the first); a warning says when far more values are out of vocabulary "
                     "than in the training data.",
     )
-    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint, or model_save_dir (uses best.pt / best.tf)")
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint, model_save_dir (uses best.pt / best.tf), or a bundle of `ctrkit export`")
     parser.add_argument("raw", metavar="RAW",
                         help="raw rows to score, in the layout the training store was built from "
                              "(text, gzip, Parquet, or - for stdin)")
@@ -88,9 +88,12 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.out, inputs=inputs)  # before anything is read or written
     if args.raw != STDIN and not Path(args.raw).exists():
         raise InputError(f"no such file: {args.raw}")
-    trainer = load_trainer(args.checkpoint, overrides)  # a broken checkpoint is named first
-    encoder, schema_source = _encoder(args)
-    trainer.check_schema(schema_source)
+    if _is_bundle(args.checkpoint):
+        trainer, encoder = _bundle(args, overrides)
+    else:
+        trainer = load_trainer(args.checkpoint, overrides)  # a broken checkpoint is named first
+        encoder, schema_source = _encoder(args)
+        trainer.check_schema(schema_source)
     result = score_file(trainer, encoder, args.raw, args.out, batch_rows=overrides["eval_batch_size"],
                         id_column=args.id_column, strict=args.strict, progress=False if args.quiet else None,
                         inputs=inputs)
@@ -98,6 +101,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"ctrkit predict: {line}", file=sys.stderr)
     print(result.summary(output_name(args.out)), file=summary_stream(args.out))
     return 0
+
+
+def _is_bundle(path: str) -> bool:
+    from ctrkit.export.manifest import is_bundle
+
+    return is_bundle(path)
+
+
+class BundleScorer:
+    """A bundle of ``ctrkit export`` behind the trainers' ``predict(batches)``, for :func:`score_file`."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, batches):
+        import numpy as np
+
+        parts = [self.model.predict_batch(batch) for batch in batches]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _bundle(args: argparse.Namespace, overrides: dict):
+    """``(scorer, encoder)`` of an export bundle: its artifact, by its runtime, and its own encoder."""
+    from ctrkit.errors import ConfigError
+    from ctrkit.export import load_bundle
+
+    given = [flag for flag, value in (("--data", args.data), ("--gpu_ids", overrides["gpu_ids"])) if value]
+    if given:
+        raise ConfigError(f"{args.checkpoint} is an export bundle (its own encoder, CPU): {' and '.join(given)} "
+                          "do not apply")
+    model = load_bundle(args.checkpoint, batch_size=overrides["eval_batch_size"], threads=overrides["threads"])
+    return BundleScorer(model), model.encoder
 
 
 def _encoder(args: argparse.Namespace):

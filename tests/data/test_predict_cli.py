@@ -288,3 +288,16 @@ def test_the_progress_bar_goes_to_stderr_only_when_asked_or_on_a_terminal(capsys
     score_file(trainer, encoder, str(run / "new.tsv"), "-", progress=None)  # stderr is no terminal here
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == NEW_ROWS and err == ""
+
+
+@pytest.mark.slow
+def test_an_export_bundle_scores_as_its_checkpoint(capsys, run, scores, tmp_path):
+    pytest.importorskip("onnxruntime")
+    bundle = tmp_path / "bundle"
+    assert ctrkit(capsys, "export", run / "run", "--format", "onnx", "--out", bundle)[0] == 0
+    out = tmp_path / "bundle.scores"
+    code, _, err = ctrkit(capsys, "predict", bundle, run / "new.tsv", "--out", out)
+    assert code == 0, err
+    np.testing.assert_allclose(np.loadtxt(out), scores, rtol=0, atol=1e-6)
+    code, _, err = ctrkit(capsys, "predict", bundle, run / "new.tsv", "--out", out, "--data", run / "store.lmdb")
+    assert code == 2 and "is an export bundle" in err and "--data" in err
