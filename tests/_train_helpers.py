@@ -79,3 +79,15 @@ def free_loopback_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def run_in_process(capsys, *argv) -> tuple[int, str, str]:
+    """``ctrkit ARGV`` in this process (arguments may be paths): (exit code, stdout, stderr)."""
+    from ctrkit.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

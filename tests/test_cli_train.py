@@ -13,19 +13,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _train_helpers import build_store, run_cli  # noqa: E402
+from _train_helpers import run_in_process as cli
 
 from ctrkit.cli import main  # noqa: E402
 from ctrkit.metrics import auc, logloss  # noqa: E402
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run ``ctrkit ARGV`` in this process; returns (exit code, stdout, stderr)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

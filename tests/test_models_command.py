@@ -8,17 +8,8 @@ import sys
 
 import pytest
 
-from ctrkit.cli import main
+from _train_helpers import run_in_process as cli
 from ctrkit.registry import MODELS, model_hparams, resolved_hparams
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

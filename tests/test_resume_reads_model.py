@@ -12,17 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _train_helpers import build_store  # noqa: E402
-
-from ctrkit.cli import main  # noqa: E402
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from _train_helpers import run_in_process as cli
 
 
 @pytest.fixture(scope="module")

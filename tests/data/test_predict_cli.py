@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 
 from conftest import shared_file
+from _train_helpers import run_in_process as ctrkit
 from ctrkit.cli import main
 from ctrkit.data.criteo import LABELED_COLUMNS
 from ctrkit.data.encoder import ENCODER_FILE, OOV_RECORD_KEY, load_encoder
@@ -27,15 +28,6 @@ from ctrkit.data.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_ROWS, NEW_ROWS = 3000, 1000
-
-
-def ctrkit(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def train_lr(store: Path, save_dir: Path) -> None:

@@ -14,7 +14,6 @@ never the real one, so a regression cannot damage the machine that runs them.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import stat
@@ -25,21 +24,12 @@ from pathlib import Path
 
 import pytest
 
+from _train_helpers import run_in_process as ctrkit
 from ctrkit.cli import main
 from ctrkit.errors import CtrkitError
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 3000
-
-
-def ctrkit(capsys, *argv: str) -> tuple[int, str, str]:
-    """``ctrkit ARGV`` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:

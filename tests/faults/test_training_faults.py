@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _train_helpers import PYTHON, ROOT, build_store  # noqa: E402
+from _train_helpers import run_in_process as cli
 
-from ctrkit.cli import main  # noqa: E402
 from ctrkit.config import TrainConfig  # noqa: E402
 from ctrkit.errors import ConfigError, InputError  # noqa: E402
 from ctrkit import metrics as metrics_module  # noqa: E402
@@ -48,15 +48,6 @@ def config(store, save_dir, **options) -> TrainConfig:
 def train_args(store, save_dir, *extra: str) -> list[str]:
     return ["train", "--model", "deepfm", "--data", str(store.path), "--epochs", "1", "--batch_size", "128",
             "--threads", "1", "--embed_size", "4", "--hidden_units", "16", "--model_save_dir", str(save_dir), *extra]
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def error_line(code: int, err: str) -> str:
