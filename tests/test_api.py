@@ -152,3 +152,24 @@ def test_tf_run_through_the_api(tmp_path):
     frame = read_kaggle(raw, 100)
     lines = "".join(open(raw).readlines()[:100])
     np.testing.assert_allclose(model.predict(frame), predict_cli(tmp_path, run.directory, lines), atol=1e-7)
+
+
+def test_rows_of_a_store_split_by_time_score_without_its_time_column(tmp_path, capsys):
+    """Taobao's spec splits by impression time; rows handed to predict need no time_stamp."""
+    tables, store = tmp_path / "tables", tmp_path / "tb.lmdb"
+    assert main(["synth", "taobao", str(tables), "--rows", "3000", "--users", "150", "--ads", "200",
+                 "--categories", "40", "--behaviours-per-user", "80", "--seed", "5"]) == 0
+    joined = tmp_path / "joined.parquet"
+    assert main(["preprocess", "taobao", "--raw-sample", str(tables / "raw_sample.csv"),
+                 "--ad-feature", str(tables / "ad_feature.csv"), "--user-profile", str(tables / "user_profile.csv"),
+                 "--behavior-log", str(tables / "behavior_log.csv"), "--out", str(store),
+                 "--joined-out", str(joined)]) == 0
+    run = ctrkit.train("lr", store, epochs=1, batch_size=256, threads=1, model_save_dir=str(tmp_path / "lr"))
+    model = run.load()
+    rows = pl.read_parquet(joined).head(200)
+    assert "time_stamp" not in model.input_columns
+    out = tmp_path / "scores.txt"
+    capsys.readouterr()
+    assert main(["predict", str(run.directory), str(joined), "--out", str(out)]) == 0
+    expected = np.loadtxt(out)[:200]
+    np.testing.assert_allclose(model.predict(rows.drop("time_stamp", "clk")), expected, atol=1e-6)

@@ -19,7 +19,7 @@ left out and reported in :attr:`EncodedRows.problems`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +27,7 @@ import polars as pl
 
 from ctrkit.data.rawtext import BadRows
 from ctrkit.data.readers import Conversion, parse_native
+from ctrkit.data.spec import Split
 from ctrkit.errors import InputError
 
 
@@ -140,7 +141,8 @@ def _conversion(encoder, columns: list[str]) -> tuple[Conversion, list[pl.Expr]]
     (a service encodes every request with them)."""
     cached = getattr(encoder, "_rows_conversion", None)
     if cached is None:
-        conversion = Conversion(encoder.spec, columns, labeled=False)
+        # rows being scored belong to no split: a split by time must not ask them for its column
+        conversion = Conversion(replace(encoder.spec, split=Split()), columns, labeled=False)
         cached = encoder._rows_conversion = (conversion, conversion.exprs(strict=True))
     return cached
 
