@@ -111,7 +111,7 @@ def encode_rows(encoder, data: Any, *, strict: bool = True, where: str = "rows")
         InputError: a column the encoder reads is missing (named), or, with ``strict``, the first
             row that cannot be read (``rows: row <number, 1-based>: column <name>: <reason>``).
     """
-    from ctrkit.data.pipeline import encoded_batches
+    from ctrkit.data.pipeline import encoded_block
 
     frame = as_polars(data, where)
     spec = encoder.spec
@@ -130,8 +130,7 @@ def encode_rows(encoder, data: Any, *, strict: bool = True, where: str = "rows")
         first = bad_rows.examples[0]
         raise InputError(f"{where}: row {first['line']}: column {first['field']}: {first['reason']}"
                          + (f" (and {bad_rows.count - 1} more bad rows)" if bad_rows.count > 1 else ""))
-    batches = list(encoded_batches(encoder, parsed, max(parsed.rows, 1)))
-    batch = batches[0] if batches else _empty_batch(encoder)
+    batch = encoded_block(encoder, parsed)  # no rows: zero-row arrays of the right shapes and dtypes
     problems = [{"row": e["line"] - 1, "column": e["field"], "reason": e["reason"]} for e in bad_rows.examples]
     return EncodedRows(batch=batch, kept=parsed.line_index.astype(np.int64), rows=native.height, problems=problems)
 
@@ -145,14 +144,3 @@ def _conversion(encoder, columns: list[str]) -> tuple[Conversion, list[pl.Expr]]
         conversion = Conversion(replace(encoder.spec, split=Split()), columns, labeled=False)
         cached = encoder._rows_conversion = (conversion, conversion.exprs(strict=True))
     return cached
-
-
-def _empty_batch(encoder) -> dict[str, np.ndarray]:
-    """A zero-row batch with the columns and dtypes a batch of ``encoder``'s rows has."""
-    spec = encoder.spec
-    batch = {"sparse": np.zeros((0, len(spec.sparse)), np.int32)}
-    if spec.dense:
-        batch["dense"] = np.zeros((0, len(spec.dense)), np.float32)
-    for f in spec.sequences:
-        batch[f"seq:{f.name}"] = np.zeros((0, f.max_len), np.int32)
-    return batch

@@ -537,7 +537,3 @@ def batch_slices(batch: dict[str, np.ndarray], batch_rows: int, start: int = 0, 
     for first in range(start, stop, batch_rows):
         yield {key: values[first:min(first + batch_rows, stop)] for key, values in batch.items()}
 
-
-def encoded_batches(encoder, parsed: ParsedBlock, batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of ``parsed`` as model batches of at most ``batch_rows`` (see :func:`encoded_block`)."""
-    yield from batch_slices(encoded_block(encoder, parsed), batch_rows)
