@@ -155,6 +155,16 @@ def _solve_bias(logits: np.ndarray, target: float) -> float:
     return (lo + hi) / 2
 
 
+def user_id(user: np.ndarray) -> np.ndarray:
+    """The raw tables' id of generated user ``user`` (arbitrary integers, as in the real tables)."""
+    return 1000 + user
+
+
+def ad_id(ad: np.ndarray) -> np.ndarray:
+    """The raw tables' ``adgroup_id`` of generated ad ``ad``."""
+    return 100_000 + ad
+
+
 def write_synthetic_taobao(out_dir: str | os.PathLike, seed: int = 0, sizes: TaobaoSizes = TaobaoSizes(),
                            ctr: float = 0.05) -> TaobaoSummary:
     """Write the four tables and ``raw_sample.probs.npy`` into ``out_dir`` (created; files replaced atomically)."""
@@ -186,15 +196,19 @@ def write_synthetic_taobao(out_dir: str | os.PathLike, seed: int = 0, sizes: Tao
     log = {k: np.concatenate([v, {"user": shown["user"], "time": shown["time"], "cate": cates, "brand": brands,
                                   "btag": np.zeros(len(probs), np.int64)}[k][clicked]]) for k, v in behaviours.items()}
     order = np.argsort(log["time"], kind="stable")
+    ads = _ad_table(rng, world)
+    profiled, profiles = _profile_table(rng, sizes.users)
+    # as in the real log, a behaviour's user has impressions or a profile (preprocess refuses others)
+    known = np.zeros(sizes.users, bool)
+    known[shown["user"]] = known[profiled] = True
+    order = order[known[log["user"][order]]]
 
-    user_id = lambda u: 1000 + u  # noqa: E731  (ids as in the real tables: arbitrary integers)
-    ad_id = lambda a: 100_000 + a  # noqa: E731
     tables = {
         "raw_sample.csv": pl.DataFrame({
             "user": user_id(shown["user"]), "time_stamp": shown["time"], "adgroup_id": ad_id(shown["ad"]),
             "pid": PIDS[shown["pid"]], "nonclk": (~clicks).astype(np.int64), "clk": clicks.astype(np.int64)}),
-        "ad_feature.csv": _ad_table(rng, world, ad_id),
-        "user_profile.csv": _profile_table(rng, sizes.users, user_id),
+        "ad_feature.csv": ads,
+        "user_profile.csv": profiles,
         "behavior_log.csv": pl.DataFrame({
             "user": user_id(log["user"][order]), "time_stamp": log["time"][order], "btag": BTAGS[log["btag"][order]],
             "cate": log["cate"][order] + 1, "brand": log["brand"][order]}),
@@ -207,7 +221,7 @@ def write_synthetic_taobao(out_dir: str | os.PathLike, seed: int = 0, sizes: Tao
     return TaobaoSummary(str(out), len(probs), len(order), float(clicks.mean()), rank_auc(clicks, probs.astype(np.float32)), seed)
 
 
-def _ad_table(rng: np.random.Generator, world: _World, ad_id) -> "pl.DataFrame":
+def _ad_table(rng: np.random.Generator, world: _World) -> "pl.DataFrame":
     import polars as pl
 
     n = world.sizes.ads
@@ -219,7 +233,8 @@ def _ad_table(rng: np.random.Generator, world: _World, ad_id) -> "pl.DataFrame":
         "price": np.round(np.exp(rng.normal(4, 1.2, n)), 2)})
 
 
-def _profile_table(rng: np.random.Generator, users: int, user_id) -> "pl.DataFrame":
+def _profile_table(rng: np.random.Generator, users: int) -> tuple[np.ndarray, "pl.DataFrame"]:
+    """The users that have a profile, and their profile table."""
     import polars as pl
 
     kept = np.flatnonzero(rng.random(users) >= 0.05)  # 5 % of users have no profile
@@ -230,7 +245,7 @@ def _profile_table(rng: np.random.Generator, users: int, user_id) -> "pl.DataFra
         shown[rng.random(n) < rate] = None
         return pl.Series(shown.tolist(), dtype=pl.String)
 
-    return pl.DataFrame({
+    return kept, pl.DataFrame({
         "userid": user_id(kept), "cms_segid": rng.integers(0, 97, n), "cms_group_id": rng.integers(0, 13, n),
         "final_gender_code": rng.integers(1, 3, n), "age_level": rng.integers(0, 7, n),
         "pvalue_level": maybe_empty(rng.integers(1, 4, n), 0.5), "shopping_level": rng.integers(1, 4, n),

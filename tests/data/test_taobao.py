@@ -12,6 +12,8 @@ from ctrkit.data.synthetic_taobao import TABLES, TaobaoSizes, write_synthetic_ta
 from ctrkit.data.taobao import DAY, TaobaoTables, histories, preprocess_taobao, time_split
 from ctrkit.errors import InputError
 
+TABLE_FLAGS = {"raw_sample.csv": "raw-sample", "ad_feature.csv": "ad-feature", "user_profile.csv": "user-profile",
+               "behavior_log.csv": "behavior-log"}
 SMALL = TaobaoSizes(impressions=3000, users=150, ads=200, categories=40, behaviours_per_user=80)
 
 
@@ -39,6 +41,22 @@ def test_synth_writes_the_four_tables_deterministically(synth, tmp_path):
     assert main(["synth", "taobao", str(tmp_path), "--rows", "3000", "--users", "150", "--ads", "200",
                  "--categories", "40", "--behaviours-per-user", "80", "--seed", "3"]) == 0
     assert all((tmp_path / n).read_bytes() == (synth / n).read_bytes() for n in TABLES)
+
+
+def test_every_behaviour_belongs_to_a_user_with_impressions_or_a_profile(tmp_path):
+    """Few impressions among many users (the CLI's default 2,000): users without impressions and
+    without a profile get no behaviours, so ``preprocess taobao`` accepts the tables as written."""
+    sizes = TaobaoSizes(impressions=400, users=2_000, ads=200, categories=40, behaviours_per_user=20)
+    write_synthetic_taobao(tmp_path / "raw", seed=1, sizes=sizes)
+    sample = pl.read_csv(tmp_path / "raw" / "raw_sample.csv")
+    profiles = pl.read_csv(tmp_path / "raw" / "user_profile.csv", infer_schema=False)
+    log = pl.read_csv(tmp_path / "raw" / "behavior_log.csv", infer_schema=False)
+    known = set(sample["user"].to_list()) | {int(u) for u in profiles["userid"]}
+    behaving = {int(u) for u in log["user"]}
+    assert behaving <= known and len(behaving) > len(set(sample["user"].to_list()))
+    assert main(["preprocess", "taobao", "--out", str(tmp_path / "s.lmdb"),
+                 *(arg for name in TABLES for arg in (f"--{TABLE_FLAGS[name]}", str(tmp_path / "raw" / name)))]) == 0
+    assert Store(tmp_path / "s.lmdb").split("train").rows > 0
 
 
 def test_planted_signal_is_in_the_sequences(synth):
