@@ -110,6 +110,7 @@ from ctrkit.data.store import Store
 from ctrkit.errors import ConfigError, CtrkitError, InputError, StoreError
 from ctrkit.fileio import atomic_output
 from ctrkit.parity import LAYOUTS
+from ctrkit.runtime import keep_freed_memory
 from ctrkit.schema import Schema
 from ctrkit.tensorflow.devices import (
     all_workers_sum,
@@ -628,6 +629,7 @@ class Trainer(TrainerFacade):
         warning = set_threads(cfg.threads)
         if warning:
             print(warning, file=sys.stderr, flush=True)
+        keep_freed_memory()  # tf.data's per-window and per-batch buffers are reused, not faulted in anew
         set_determinism(on_cpu=not cfg.gpu_ids)
         set_seed(cfg.seed)
         self.check_schema(store)
@@ -661,6 +663,13 @@ class Trainer(TrainerFacade):
             # traced here, before the loop starts the epoch's clock: rows/s is the steps' rate
             self._train_fn.get_concrete_function()
         return raising_ctrkit_errors(dataset)
+
+    def train_shard(self) -> tuple[int, int]:
+        """``(first replica of this worker, replicas)``: each replica reads its own even shard
+        (:func:`~ctrkit.tensorflow.loader.make_distributed_dataset`), so the loop counts the
+        steps of one replica's shard."""
+        per_worker = self.replicas // self.world_size
+        return self.rank * per_worker, self.replicas
 
     def begin_epoch(self) -> None:
         pass  # Keras takes the mode per call (training=True in the step)

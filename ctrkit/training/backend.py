@@ -86,6 +86,9 @@ class Backend(Protocol):
         SIGINT/SIGTERM (:class:`~ctrkit.training.signals.IgnoreStopSignals`).
         """
 
+    # optional: ``train_shard() -> (rank, world)`` when a process splits its batches over several
+    # replicas, each reading its own even shard (see ``loop.train_reader``); default (rank, world_size)
+
     def begin_epoch(self) -> None:
         """Put the model in training mode."""
 

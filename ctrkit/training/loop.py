@@ -127,10 +127,7 @@ class TrainingLoop:
         if cfg.resume:
             self._restore(self.path("last"))
         backend.start(store)
-        reader = BatchReader(
-            store, "train", cfg.batch_size // backend.world_size, shuffle=True, seed=cfg.seed,
-            rank=backend.rank, world_size=backend.world_size, even_shards=True, drop_last=False,
-        )
+        reader = train_reader(store, cfg, backend)
         if backend.is_main:
             self.writer = backend.open_scalar_writer(cfg.save_dir / reporting.TENSORBOARD,
                                                      self.progress.step if cfg.resume else None)
@@ -416,3 +413,16 @@ def _first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type (``EOFError()`` has no text)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def train_reader(store: Any, config: Any, backend: Backend) -> BatchReader:
+    """The training reader of ``backend``'s process: the even shard ``rank`` of ``world_size``
+    with ``batch_size / world_size`` rows a step, or, for a backend whose process feeds several
+    replicas (TF's ``MirroredStrategy``: :meth:`~ctrkit.training.backend.Backend.train_shard`),
+    the even shard of its first replica among all replicas. Its length is then the number of
+    steps the replicas' own shards give, which can be one less than that of one shard of the
+    same rows (a global batch that only the leftover rows would have filled)."""
+    shard = getattr(backend, "train_shard", None)
+    rank, world = shard() if shard is not None else (backend.rank, backend.world_size)
+    return BatchReader(store, "train", config.batch_size // world, shuffle=True, seed=config.seed,
+                       rank=rank, world_size=world, even_shards=True, drop_last=False)

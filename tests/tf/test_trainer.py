@@ -352,6 +352,7 @@ from ctrkit.registry import build_tf_model
 from ctrkit.tensorflow.devices import make_strategy
 from ctrkit.tensorflow.trainer import Trainer, set_seed
 from ctrkit.training.frameworks import train_from_config
+from ctrkit.training.loop import train_reader
 
 store = Store(sys.argv[1])
 cfg = TrainConfig(model="dnn", framework="tf", batch_size=128, lr=0.01, embed_size=4, hidden_units=[16],
@@ -382,7 +383,11 @@ diff = max(float(np.abs(a.numpy() - b.numpy()).max())
 moved = max(float(np.abs(a.numpy()).max()) for a in trainers[0].optimizer.slots["exp_avg"])
 metrics = train_from_config(cfg.replace(data=sys.argv[1], cpu_processes=2, epochs=1, model_save_dir=sys.argv[2],
                                         log_every=5))
+# 23 global batches and 1 row: one reader of the global batch has 24 batches, each replica's shard 23
+odd_reader = train_reader(Store(sys.argv[3]), cfg, trainers[0])
+odd_steps = sum(1 for _ in trainers[0].train_batches(odd_reader, 0, 0, ignore_signals=False))
 print(json.dumps({"diff": diff, "moved": moved, "losses": losses, "rows": rows,
+                  "odd_steps": odd_steps, "odd_loop_steps": len(odd_reader),
                   "replicas": trainers[0].replicas, "device": metrics["device"], "auc": metrics["test"]["auc"]}))
 """
 
@@ -390,11 +395,14 @@ print(json.dumps({"diff": diff, "moved": moved, "losses": losses, "rows": rows,
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(store, tmp_path):
     """Two replicas, each half of the global batch, take the step one device takes on the whole batch."""
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(MIRRORED_STEP), str(store.path), str(tmp_path / "run")],
+    odd = build_store(tmp_path / "odd.lmdb", train=23 * 128 + 1, valid=0, test=0)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(MIRRORED_STEP), str(store.path), str(tmp_path / "run"),
+                           str(odd.path)],
                           cwd=str(ROOT), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["rows"] == 128
+    assert result["odd_steps"] == result["odd_loop_steps"] == 23  # the loop counts the steps the replicas run
     assert result["moved"] > 1e-4  # the steps changed the weights: the comparison can fail
     assert result["diff"] < 1e-6, result
     losses = result["losses"]
