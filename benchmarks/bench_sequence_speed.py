@@ -153,6 +153,7 @@ def run_contender(args: argparse.Namespace, contender: str, model: str, train_ro
         "seed": args.train_seed, "precision": "bf16" if contender.endswith("-bf16") else "fp32",
         "hparams": {**COMMON_HPARAMS, **MODEL_HPARAMS[model]}, "init": "xavier_normal",
         "predictions": str(scratch / f"pred-{tag}.npy"), "tf_warmup": not args.no_tf_warmup,
+        "tf_shim": not args.no_tf_shim,
     }
     spec_path = scratch / f"spec-{tag}.json"
     spec_path.write_text(json.dumps(spec, indent=1))
@@ -243,6 +244,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peers-python", type=Path, default=bench_models.DEFAULT_PEERS_PYTHON)
     parser.add_argument("--no-tf-warmup", action="store_true",
                         help="time DeepCTR-TF's first fit with its graph tracing (default: trace on two batches first)")
+    parser.add_argument("--no-tf-shim", action="store_true",
+                        help="run DeepCTR (TF) without aliasing array_ops.stack/unstack (its DIEN then fails on TF 2.21)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per contender run")
     parser.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR / "sequence-speed")
     parser.add_argument("--json", type=Path, default=common.DEFAULT_WORKDIR / "sequence_speed.json")
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"batch_size": args.batch_size, "threads": args.threads, "lr": args.lr, "optimizer": "Adam",
                      "epochs": 1, "common_hparams": COMMON_HPARAMS, "model_hparams": MODEL_HPARAMS,
                      "repeats": args.repeats, "train_seed": args.train_seed, "auc_margin": args.auc_margin,
-                     "tf_warmup": not args.no_tf_warmup},
+                     "tf_warmup": not args.no_tf_warmup, "tf_shim": not args.no_tf_shim},
         "summary": summary,
         "verdicts": lines,
         "runs": runs,

@@ -1,0 +1,115 @@
+"""DeepCTR (TensorFlow) runner for DIN and DIEN (``bench_sequence_speed.py``): the library's models
+under ``tf_keras`` ``compile`` + ``fit`` (one epoch, ``shuffle=False`` on the rows in the trainer's
+order), TensorFlow with ``intra_op = threads``, ``inter_op = 1``.
+
+Mapping of our models onto ``deepctr.models.DIN``/``DIEN``: ``_deepctr_seq.py`` (inputs, feature
+columns, negatives, arguments). DeepCTR specifics:
+
+* DIN: ``AttentionSequencePoolingLayer`` (``LocalActivationUnit`` with Dice on ``[q, k, q - k,
+  q * k]``), masked by the zero ids, no softmax -- ours.
+* DIEN: both GRUs are DeepCTR's ``DynamicGRU``, TF 1's ``dynamic_rnn`` (a ``while_loop`` over the
+  steps, one cell call per step) with its own ``GRUCell`` and ``VecAttGRUCell`` (AUGRU); the
+  auxiliary loss is ``-log p(pos) - log(1 - p(neg))`` averaged over every (row, step) with the
+  padding steps counted as zeros; the attention scores the states against the raw candidate.
+  The model builder runs ``tf.compat.v1.keras.backend.get_session()``; if that (or anything else)
+  fails under TensorFlow 2.21 + tf_keras, the run fails and the orchestrator records the error.
+* TF 2.21: DeepCTR's contrib RNN code (``deepctr/contrib/rnn_v2.py``) calls ``array_ops.stack``,
+  ``array_ops.unstack``, ``control_flow_ops.Assert``, ``control_flow_ops.cond`` and
+  ``control_flow_ops.while_loop`` and ``nest.is_sequence``, which TF 2.21 moved to ``array_ops_stack``,
+  ``control_flow_assert``, ``cond`` and ``while_loop``, or renamed (``nest.is_nested``); without a fix DIEN fails to build with
+  ``AttributeError: module 'tensorflow.python.ops.array_ops' has no attribute 'stack'`` (then, with
+  that one aliased, ``... control_flow_ops' has no attribute 'Assert'``). The runner aliases these
+  functions into their old modules before importing DeepCTR (``tf_shim`` in the result lists what
+  it aliased; ``bench_sequence_speed.py --no-tf-shim`` runs without it and records the failure).
+* tracing: as ``run_deepctr_tf.py``, by default two batches are fitted untimed first (graph
+  tracing), then the initial weights and zeroed optimiser variables are restored and the epoch is
+  timed (``untimed_warmup_seconds``); Keras' batch callbacks run ahead of the work, so no steady rate.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import _common
+
+spec = _common.read_spec()
+_common.set_thread_env(spec["threads"])
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # deepctr 0.9.4 is written for Keras 2 (tf_keras)
+
+import _deepctr_seq  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
+tf.config.threading.set_inter_op_parallelism_threads(1)
+tf.random.set_seed(spec["seed"])
+np.random.seed(spec["seed"])
+
+shimmed = []
+if spec.get("tf_shim", True):
+    # DeepCTR's contrib RNN code (DIEN's DynamicGRU, deepctr/contrib/rnn_v2.py) calls functions that
+    # TF 2.21 moved to other modules of tensorflow.python.ops (same functions, new homes); without
+    # these aliases DIEN fails to build (see the module docstring).
+    import importlib  # noqa: E402
+
+    ops = "tensorflow.python.ops."
+    for module, name, home, new_name in (
+            (ops + "array_ops", "stack", ops + "array_ops_stack", "stack"),
+            (ops + "array_ops", "unstack", ops + "array_ops_stack", "unstack"),
+            (ops + "control_flow_ops", "Assert", ops + "control_flow_assert", "Assert"),
+            (ops + "control_flow_ops", "cond", ops + "cond", "cond"),
+            (ops + "control_flow_ops", "while_loop", ops + "while_loop", "while_loop"),
+            ("tensorflow.python.util.nest", "is_sequence", "tensorflow.python.util.nest", "is_nested")):
+        target = importlib.import_module(module)
+        if not hasattr(target, name):
+            setattr(target, name, getattr(importlib.import_module(home), new_name))
+            shimmed.append(f"{module}.{name} = {home}.{new_name}")
+
+graph_mode = spec["model"] == "dien" and spec.get("tf_graph_mode", True)
+if graph_mode:  # see the module docstring: DeepCTR's DIEN builds its GRUs with TF 1 variable scopes
+    tf.compat.v1.disable_eager_execution()
+
+from deepctr.feature_column import DenseFeat, SparseFeat, VarLenSparseFeat  # noqa: E402
+from deepctr.models import DIEN, DIN  # noqa: E402
+
+negatives = spec["model"] == "dien" and spec["hparams"]["aux_loss_weight"] > 0
+rows = _deepctr_seq.load(spec, negatives)
+columns = _deepctr_seq.feature_columns(rows, spec["hparams"]["embed_size"], negatives,
+                                       {"SparseFeat": SparseFeat, "DenseFeat": DenseFeat,
+                                        "VarLenSparseFeat": VarLenSparseFeat})
+model_class = {"din": DIN, "dien": DIEN}[spec["model"]]
+model = model_class(columns, rows["history"], **_deepctr_seq.model_kwargs(spec))
+# graph mode trains through optimizer.get_updates, which only Keras 2's legacy optimisers have
+adam = tf.keras.optimizers.legacy.Adam if graph_mode else tf.keras.optimizers.Adam
+model.compile(adam(learning_rate=spec["lr"]), "binary_crossentropy")
+
+batch_size = spec["batch_size"]
+x_train, y_train = rows["train_x"], rows["train_y"]
+n = len(y_train)
+warmup_seconds = None
+if spec.get("tf_warmup", True):
+    start = time.perf_counter()
+    initial = model.get_weights()
+    warm = min(n, 2 * batch_size)
+    model.fit({k: v[:warm] for k, v in x_train.items()}, y_train[:warm], batch_size=batch_size, epochs=1, verbose=0,
+              shuffle=False)
+    model.set_weights(initial)
+    variables = model.optimizer.variables
+    variables = variables() if callable(variables) else variables
+    # batch_set_value works in graph mode too (where variable.assign would only build an op)
+    tf.keras.backend.batch_set_value([(v, np.zeros(v.shape, v.dtype.as_numpy_dtype)) for v in variables])
+    warmup_seconds = time.perf_counter() - start
+rss_before = _common.own_rss_mb()
+start = time.perf_counter()
+model.fit(x_train, y_train, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+seconds = time.perf_counter() - start
+
+probs = model.predict(rows["test_x"], batch_size=16384, verbose=0)
+_common.save_predictions(spec, probs)
+_common.emit(_common.result_base(spec, n, seconds, _common.StepClock(), rss_before, params=int(model.count_params()),
+                                 library="deepctr " + __import__("deepctr").__version__, tensorflow=tf.__version__,
+                                 untimed_warmup_seconds=warmup_seconds, tf_shim=shimmed,
+                                 graph_mode=graph_mode,
+                                 optimizer_iterations=int(tf.keras.backend.get_value(model.optimizer.iterations))))
