@@ -274,6 +274,27 @@ def test_dien_returns_the_weighted_aux_loss_in_training_only():
         build("dien", schema, aux_loss_weight=-1.0)
 
 
+def test_dien_output_mlp_sees_the_behaviour_sum_and_its_product_with_the_candidate():
+    """``behaviour_sum`` (default, the authors' code): the output MLP's input is [fields; h'_L; s;
+    e_a * s] with s the sum of the non-padding behaviours; off: [fields; h'_L] (the paper's figure)."""
+    schema = taobao_like_schema()
+    batch = make_batch(schema)
+    for behaviour_sum in (True, False):
+        model = build("dien", schema, behaviour_sum=behaviour_sum).eval()
+        seen = {}
+        model.dnn.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
+        model(batch)
+        fields, query, keys, mask = behaviours(model.embedding, batch)
+        states = model.extractor.reference_forward(keys, mask)
+        interest = model.evolution.reference_forward(states, model.attention.reference_forward(query, states, mask), mask)[:, -1]
+        expected = [fields.flatten(1), interest]
+        if behaviour_sum:
+            s = torch.stack([sum((keys[b, t] for t in range(keys.shape[1]) if mask[b, t]), keys.new_zeros(keys.shape[2]))
+                             for b in range(keys.shape[0])])
+            expected += [s, query * s]
+        torch.testing.assert_close(seen["x"], torch.cat(expected, dim=1), rtol=1e-5, atol=1e-6)
+
+
 def test_din_mini_batch_aware_regulariser():
     schema = taobao_like_schema()
     batch = make_batch(schema)

@@ -24,7 +24,14 @@ class DIEN(CTRModel):
         L_aux = -mean log sigmoid(f(h_t, e_{t+1})) + log(1 - sigmoid(f(h_t, e^-_{t+1})))    (eq. 3)
         a_t  = softmax_t(MLP([h_t, q, h_t - q, h_t * q])), q = W_q e_a + b_q     attention (eq. 5)
         h'_t = AUGRU(h_t, h'_{t-1}; a_t)                       interest evolution (eq. 6-7)
-        y    = MLP([e_1; ...; e_K; h'_L])
+        y    = MLP([e_1; ...; e_K; h'_L; s; e_a * s]),  s = sum_{t non-padding} e_t
+
+    The output MLP's input is that of the authors' code (``[user, item, item_his_eb_sum, item *
+    item_his_eb_sum, final_state2]``, in which the paper's ``e_1 .. e_K`` hold the user and the
+    item): besides the final interest ``h'_L`` it sees the sum of the behaviours ``s`` and its
+    product with the candidate. ``behaviour_sum=False`` gives the paper's figure, ``[e_1; ...;
+    e_K; h'_L]``. The sum term lets the model use "the candidate is among the behaviours" from
+    the first steps, while the recurrent interest is still forming.
 
     Behaviours ``e_t``, the candidate ``e_a`` and the fields ``e_1 .. e_K`` as in DIN
     (:func:`~ctrkit.pytorch.layers.sequence.behaviours`); ``h'_L`` is the final evolved interest
@@ -43,6 +50,7 @@ class DIEN(CTRModel):
         aux_loss_weight: ``alpha``, the weight of ``L_aux`` (the paper: 1).
         attention_units, attention_activation: the attention's activation unit
             (:class:`~ctrkit.pytorch.layers.sequence.InterestAttention`; the authors' code: 80, 40, sigmoid).
+        behaviour_sum: feed ``s`` and ``e_a * s`` to the output MLP too (the authors' code; see above).
         dropout, batch_norm, activation: of the output MLP.
 
     Shapes: batch -> ``[B]`` logits.
@@ -63,6 +71,7 @@ class DIEN(CTRModel):
         aux_loss_weight: float = 1.0,
         attention_units: Sequence[int] = (80, 40),
         attention_activation: str = "sigmoid",
+        behaviour_sum: bool = True,
         dropout: float = 0.0,
         batch_norm: bool = False,
         activation: str = "relu",
@@ -78,8 +87,10 @@ class DIEN(CTRModel):
         self.auxiliary = AuxiliaryLoss(hidden, behaviour_dim, aux_hidden_units)
         self.attention = InterestAttention(behaviour_dim, hidden, attention_units, attention_activation)
         self.evolution = AUGRU(hidden, hidden)
+        self.behaviour_sum = bool(behaviour_sum)
         fixed = self.embedding.n_sparse + self.embedding.n_dense
-        self.dnn = MLP(fixed * self.embedding.dim + hidden, hidden_units, activation, dropout, batch_norm,
+        summed = 2 * behaviour_dim if self.behaviour_sum else 0
+        self.dnn = MLP(fixed * self.embedding.dim + hidden + summed, hidden_units, activation, dropout, batch_norm,
                        output_dim=1)
 
     def outputs(self, batch: Mapping[str, torch.Tensor], with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -89,7 +100,11 @@ class DIEN(CTRModel):
         aux = self.auxiliary(states, keys, mask) if with_aux else None
         attention = self.attention(query, states, mask)  # (B, L)
         interest = self.evolution(states, attention, mask)[:, -1]  # (B, H)
-        logits = self.dnn(torch.cat([fields.flatten(1), interest.to(fields.dtype)], dim=1))  # (B, 1)
+        parts = [fields.flatten(1), interest.to(fields.dtype)]
+        if self.behaviour_sum:
+            summed = (keys * mask.unsqueeze(-1).to(keys.dtype)).sum(dim=1)  # (B, n_seq*D)
+            parts += [summed, query * summed]
+        logits = self.dnn(torch.cat(parts, dim=1))  # (B, 1)
         return logits, aux
 
     def logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -27,7 +27,8 @@ class DIEN(CTRModel):
         L_aux = auxiliary loss of h_t on e_{t+1} vs the next row's behaviour      (eq. 3)
         a_t   = softmax_t(MLP([h_t, q, h_t - q, h_t * q])), q = W_q e_a + b_q      (eq. 5)
         h'_t  = AUGRU(h_t, h'_{t-1}; a_t)                          (eq. 6-7)
-        y     = MLP([e_1; ...; e_K; h'_L])
+        y     = MLP([e_1; ...; e_K; h'_L; s; e_a * s]),  s = sum_{t non-padding} e_t
+                                                 (the authors' code; behaviour_sum=False: without s)
 
     Same constructor, defaults and function as the torch model; in training with
     ``aux_loss_weight > 0`` it returns ``{"logits", "aux_loss": aux_loss_weight * L_aux}``.
@@ -47,6 +48,7 @@ class DIEN(CTRModel):
         aux_loss_weight: float = 1.0,
         attention_units: Sequence[int] = (80, 40),
         attention_activation: str = "sigmoid",
+        behaviour_sum: bool = True,
         dropout: float = 0.0,
         batch_norm: bool = False,
         activation: str = "relu",
@@ -62,8 +64,10 @@ class DIEN(CTRModel):
         self.auxiliary = AuxiliaryLoss(hidden, behaviour_dim, aux_hidden_units)
         self.attention = InterestAttention(behaviour_dim, hidden, attention_units, attention_activation)
         self.evolution = AUGRU(hidden, hidden)
+        self.behaviour_sum = bool(behaviour_sum)
         fixed = self.embedding.n_sparse + self.embedding.n_dense
-        self.dnn = MLP(fixed * self.embedding.dim + hidden, hidden_units, activation, dropout, batch_norm,
+        summed = 2 * behaviour_dim if self.behaviour_sum else 0
+        self.dnn = MLP(fixed * self.embedding.dim + hidden + summed, hidden_units, activation, dropout, batch_norm,
                        output_dim=1)
 
     def outputs(self, batch: Mapping[str, tf.Tensor], training: bool, with_aux: bool):
@@ -73,8 +77,11 @@ class DIEN(CTRModel):
         aux = self.auxiliary(states, keys, mask, training=training) if with_aux else None
         attention = self.attention(query, states, mask, training=training)  # (B, L)
         interest = self.evolution(states, attention, mask)[:, -1]  # (B, H)
-        x = tf.concat([flatten_fields(fields), tf.cast(interest, fields.dtype)], axis=1)
-        return self.dnn(x, training=training), aux  # (B, 1)
+        parts = [flatten_fields(fields), tf.cast(interest, fields.dtype)]
+        if self.behaviour_sum:
+            summed = tf.reduce_sum(keys * tf.cast(mask, keys.dtype)[:, :, None], axis=1)  # (B, n_seq*D)
+            parts += [summed, query * summed]
+        return self.dnn(tf.concat(parts, axis=1), training=training), aux  # (B, 1)
 
     def logits(self, batch: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         return self.outputs(batch, training, with_aux=False)[0]
