@@ -181,7 +181,8 @@ def run_contender(args: argparse.Namespace, contender: str, model: str, train_ro
     else:
         result.update({f"test_{k}": v for k, v in binary_metrics(labels, probs).items()})
         result["test_gauc"] = gauc(labels, probs, np.load(dump / "test_group.npy"))
-    result.update(process_wall_s=measured["wall_s"], loadavg_before=load, log=str(log_path))
+    result.update(process_wall_s=measured["wall_s"], process_cpu_s=measured["user_s"] + measured["sys_s"],
+                  loadavg_before=load, log=str(log_path))
     return result
 
 
