@@ -24,8 +24,11 @@ Protocol:
 * contenders, each in its own process (``peak RSS`` is its own ``VmHWM``): ``ours-fp32``/``ours-bf16``
   (``peers/run_ours.py``: ``ctrkit.pytorch.trainer.Trainer.fit`` as ``ctrkit train`` runs it; bf16 =
   autocast), ``ours-tf-fp32``/``ours-tf-bf16`` (``peers/run_ours_tf.py``; ``mixed_bfloat16``),
-  ``deepctr-torch`` (``peers/run_deepctr_torch_seq.py``, DeepCTR-Torch 0.3.0) and ``deepctr-tf``
-  (``peers/run_deepctr_tf_seq.py``, DeepCTR 0.9.4 under tf_keras), the peers under
+  ``deepctr-torch`` (``peers/run_deepctr_torch_seq.py``, DeepCTR-Torch 0.3.0), ``deepctr-tf``
+  (``peers/run_deepctr_tf_seq.py``, DeepCTR 0.9.4 under tf_keras in Keras 2's TF 1 graph mode, the
+  mode DeepCTR was written for, in which its DIEN builds -- with aliases of TF functions that 2.21
+  moved -- and its DIN runs ~2x faster than in TF 2 mode) and ``deepctr-tf2`` (the same in the
+  default TF 2 mode: DIN runs, DIEN fails to build, recorded as such), the peers under
   ``--peers-python``. How each library's arguments map onto our models: the runners' docstrings.
 * rates as in ``bench_models.py``: ``rows/s`` = train rows / seconds of the training call;
   ``steady`` = rows of steps 2..n / time from the end of step 1 (not for Keras); ``ratio`` = rows/s /
@@ -67,8 +70,11 @@ from ctrkit.metrics import binary_metrics, gauc  # noqa: E402
 PEERS_DIR = bench_models.PEERS_DIR
 REPO = bench_models.REPO
 MODELS = ("din", "dien")
-CONTENDERS = ("ours-fp32", "ours-bf16", "ours-tf-fp32", "ours-tf-bf16", "deepctr-torch", "deepctr-tf")
-PEERS = ("deepctr-torch", "deepctr-tf")
+CONTENDERS = ("ours-fp32", "ours-bf16", "ours-tf-fp32", "ours-tf-bf16", "deepctr-torch", "deepctr-tf", "deepctr-tf2")
+#: deepctr-tf: DeepCTR under Keras 2's TF 1 graph mode (sessions), the mode it was written for and its
+#: fastest (DIN ~2x its TF 2 rate); deepctr-tf2: the default TF 2 mode (eager + tf.function), in which
+#: its DIEN does not build (see peers/run_deepctr_tf_seq.py)
+PEERS = ("deepctr-torch", "deepctr-tf", "deepctr-tf2")
 RUNNERS = {
     "ours-fp32": "run_ours.py",
     "ours-bf16": "run_ours.py",
@@ -76,6 +82,7 @@ RUNNERS = {
     "ours-tf-bf16": "run_ours_tf.py",
     "deepctr-torch": "run_deepctr_torch_seq.py",
     "deepctr-tf": "run_deepctr_tf_seq.py",
+    "deepctr-tf2": "run_deepctr_tf_seq.py",
 }
 COMMON_HPARAMS = {"embed_size": 16, "hidden_units": [200, 80], "dropout": 0.0, "batch_norm": False,
                   "attention_units": [80, 40]}
@@ -154,6 +161,7 @@ def run_contender(args: argparse.Namespace, contender: str, model: str, train_ro
         "hparams": {**COMMON_HPARAMS, **MODEL_HPARAMS[model]}, "init": "xavier_normal",
         "predictions": str(scratch / f"pred-{tag}.npy"), "tf_warmup": not args.no_tf_warmup,
         "tf_shim": not args.no_tf_shim,
+        "tf_graph_mode": contender == "deepctr-tf",
     }
     spec_path = scratch / f"spec-{tag}.json"
     spec_path.write_text(json.dumps(spec, indent=1))
@@ -213,7 +221,9 @@ def verdicts(summary: list[dict[str, Any]], margin: float) -> list[str]:
             ratio, gap = g.get("ratio_to_fastest_peer"), g.get("auc_minus_best_peer")
             fast = ratio is not None and ratio >= 2.0
             close = gap is not None and gap >= -margin
-            lines.append(f"{model:4s} {g['contender']:13s} {ratio:.2f}x the fastest peer (target >= 2x: "
+            steady = g.get("steady_ratio_to_fastest_peer")
+            lines.append(f"{model:4s} {g['contender']:13s} {ratio:.2f}x the fastest peer (steady "
+                         f"{'-' if steady is None else f'{steady:.2f}x'}; target >= 2x: "
                          f"{'met' if fast else 'MISSED'}); test AUC {gap:+.4f} vs the best peer "
                          f"(within -{margin}: {'yes' if close else 'NO'})")
     return lines
@@ -292,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"peak RSS {result['peak_rss_mb']:,.0f} MB  load {result['loadavg_before'][0]:.1f}",
                           flush=True)
 
+    bench_models.PEERS = PEERS  # summarise() takes the peers from its module's PEERS
     summary = bench_models.summarise(runs, models, contenders)
     add_gauc(summary, runs)
     lines = verdicts(summary, args.auc_margin)

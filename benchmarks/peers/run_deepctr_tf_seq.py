@@ -11,16 +11,24 @@ columns, negatives, arguments). DeepCTR specifics:
   steps, one cell call per step) with its own ``GRUCell`` and ``VecAttGRUCell`` (AUGRU); the
   auxiliary loss is ``-log p(pos) - log(1 - p(neg))`` averaged over every (row, step) with the
   padding steps counted as zeros; the attention scores the states against the raw candidate.
-  The model builder runs ``tf.compat.v1.keras.backend.get_session()``; if that (or anything else)
-  fails under TensorFlow 2.21 + tf_keras, the run fails and the orchestrator records the error.
-* TF 2.21: DeepCTR's contrib RNN code (``deepctr/contrib/rnn_v2.py``) calls ``array_ops.stack``,
-  ``array_ops.unstack``, ``control_flow_ops.Assert``, ``control_flow_ops.cond`` and
-  ``control_flow_ops.while_loop`` and ``nest.is_sequence``, which TF 2.21 moved to ``array_ops_stack``,
-  ``control_flow_assert``, ``cond`` and ``while_loop``, or renamed (``nest.is_nested``); without a fix DIEN fails to build with
-  ``AttributeError: module 'tensorflow.python.ops.array_ops' has no attribute 'stack'`` (then, with
-  that one aliased, ``... control_flow_ops' has no attribute 'Assert'``). The runner aliases these
-  functions into their old modules before importing DeepCTR (``tf_shim`` in the result lists what
-  it aliased; ``bench_sequence_speed.py --no-tf-shim`` runs without it and records the failure).
+* what it took to run DeepCTR 0.9.4's DIEN under TensorFlow 2.21 + tf_keras (each step was tried in
+  turn; every error is a build-time failure of the model):
+  1. ``AttributeError: module 'tensorflow.python.ops.array_ops' has no attribute 'stack'``, then
+     ``... control_flow_ops' has no attribute 'Assert'`` and ``nest.is_sequence``: its contrib RNN
+     code (``deepctr/contrib/rnn_v2.py``, ``contrib/utils.py``) calls ``array_ops.stack``/``unstack``,
+     ``control_flow_ops.Assert``/``cond``/``while_loop`` and ``nest.is_sequence``, which TF 2.21
+     moved to ``array_ops_stack``, ``control_flow_assert``, ``cond``, ``while_loop`` or renamed
+     (``nest.is_nested``). The runner aliases them into their old places before importing DeepCTR
+     (the result's ``tf_shim`` lists them; ``bench_sequence_speed.py --no-tf-shim`` runs without);
+  2. ``RuntimeError: tf.device does not support functions when eager execution is enabled``: its
+     ``dynamic_rnn`` sets a TF 1 variable-scope caching device, which only works in graph mode, as
+     the model's own ``get_session().run(global_variables_initializer())`` also expects. The
+     ``deepctr-tf`` contender runs with ``tf.compat.v1.disable_eager_execution()`` (``graph_mode``
+     in the result), i.e. Keras 2's TF 1 session path, the mode DeepCTR was written for (its DIN
+     also runs ~2x faster so than in TF 2 mode); ``deepctr-tf2`` runs in the default TF 2 mode
+     (``spec["tf_graph_mode"]`` false), where DIN trains and DIEN fails with this error;
+  3. ``AttributeError: 'Adam' object has no attribute 'get_updates'``: graph-mode training needs a
+     Keras 2 legacy optimiser, ``tf.keras.optimizers.legacy.Adam`` (same update rule and defaults).
 * tracing: as ``run_deepctr_tf.py``, by default two batches are fitted untimed first (graph
   tracing), then the initial weights and zeroed optimiser variables are restored and the epoch is
   timed (``untimed_warmup_seconds``); Keras' batch callbacks run ahead of the work, so no steady rate.
@@ -67,7 +75,7 @@ if spec.get("tf_shim", True):
             setattr(target, name, getattr(importlib.import_module(home), new_name))
             shimmed.append(f"{module}.{name} = {home}.{new_name}")
 
-graph_mode = spec["model"] == "dien" and spec.get("tf_graph_mode", True)
+graph_mode = spec.get("tf_graph_mode", True)
 if graph_mode:  # see the module docstring: DeepCTR's DIEN builds its GRUs with TF 1 variable scopes
     tf.compat.v1.disable_eager_execution()
 
