@@ -15,6 +15,7 @@ The same store as ``bench_loader.py`` (random rows of 39 int32 ids + a float32 l
 
 Every timing repeats whole epochs for at least ``--min-seconds``; ``--repeats`` timings per
 contender, interleaved, median reported. Target from the issue: the pipeline alone >= 5M rows/s.
+The process runs with ``ctrkit.runtime.keep_freed_memory()``, as the trainers do.
 
     /work/main/.venv/bin/python benchmarks/bench_tf_loader.py            # 2M rows, ~2 min
     /work/main/.venv/bin/python benchmarks/bench_tf_loader.py --quick    # smoke test
@@ -40,6 +41,7 @@ from bench_loader import N_SPARSE, field_vocab_sizes, measure, numpy_epoch, rand
 from ctrkit.data.batches import BatchReader  # noqa: E402
 from ctrkit.data.store import DEFAULT_CHUNK_ROWS, Store, StoreWriter  # noqa: E402
 from ctrkit.schema import Field, Schema  # noqa: E402
+from ctrkit.runtime import keep_freed_memory  # noqa: E402
 from ctrkit.tensorflow.loader import make_dataset  # noqa: E402
 
 TARGET_ROWS_PER_S = 5_000_000
@@ -111,6 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # as both trainers do: batch-sized buffers are reused, not faulted in anew
     machine = {**common.machine_info(), "tensorflow": tf.__version__}
     print(common.describe_machine(machine) + f", tensorflow {tf.__version__}")
     print(f"rows {args.rows:,} ({N_SPARSE} int32 ids + float32 label), batch {args.batch_size}, chunk {args.chunk_rows:,} rows, "
