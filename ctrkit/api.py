@@ -253,11 +253,10 @@ def load(path: PathLike, *, encoder: PathLike | None = None, gpu_ids: list[int] 
 def _load_bundle(path: Path, *, encoder, gpu_ids, batch_size: int, threads: int, precision: str | None) -> Model:
     """A bundle directory (``ctrkit export``): :func:`ctrkit.export.load_bundle` (CPU, the exported precision)."""
     from ctrkit.export import load_bundle
+    from ctrkit.export.loaded import refuse_options
 
-    given = [name for name, value in (("encoder", encoder), ("gpu_ids", gpu_ids), ("precision", precision)) if value]
-    if given:
-        raise ConfigError(f"{path} is an export bundle (its own encoder, CPU, float32): {', '.join(given)} "
-                          "cannot be chosen; load the checkpoint for that")
+    refuse_options(path, [name for name, value in (("encoder", encoder), ("gpu_ids", gpu_ids), ("precision", precision))
+                          if value])
     return load_bundle(path, batch_size=batch_size, threads=threads)
 
 

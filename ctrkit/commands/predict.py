@@ -124,13 +124,11 @@ class BundleScorer:
 
 def _bundle(args: argparse.Namespace, overrides: dict):
     """``(scorer, encoder)`` of an export bundle: its artifact, by its runtime, and its own encoder."""
-    from ctrkit.errors import ConfigError
     from ctrkit.export import load_bundle
+    from ctrkit.export.loaded import refuse_options
 
-    given = [flag for flag, value in (("--data", args.data), ("--gpu_ids", overrides["gpu_ids"])) if value]
-    if given:
-        raise ConfigError(f"{args.checkpoint} is an export bundle (its own encoder, CPU): {' and '.join(given)} "
-                          "do not apply")
+    refuse_options(args.checkpoint, [flag for flag, value in (("--data", args.data), ("--gpu_ids", overrides["gpu_ids"]))
+                                     if value])
     model = load_bundle(args.checkpoint, batch_size=overrides["eval_batch_size"], threads=overrides["threads"])
     return BundleScorer(model), model.encoder
 

@@ -113,6 +113,14 @@ class BundleModel(Model):
         return {t.key for t in self._inputs}
 
 
+def refuse_options(path: str | os.PathLike, given: list[str]) -> None:
+    """One error for options that a bundle settles itself (its encoder, the CPU, float32), named
+    in the caller's spelling (``--data`` on the command line, ``encoder`` in the Python API)."""
+    if given:
+        raise ConfigError(f"{path} is an export bundle (its own encoder, CPU, float32): {', '.join(given)} "
+                          "cannot be chosen for it; use its checkpoint for that")
+
+
 def load_bundle(path: str | os.PathLike, *, batch_size: int = 8192, threads: int = 0) -> BundleModel:
     """The bundle directory ``path`` (written by ``ctrkit export``) ready to score raw rows.
 
