@@ -98,7 +98,7 @@ from ctrkit.training.policy import (  # noqa: F401 (moved to ctrkit.training.pol
 )
 from ctrkit.training.progress import Progress
 from ctrkit.training.regularization import GROUPS, RegularizationSpec
-from ctrkit.training.reporting import METRICS, TENSORBOARD, no_tensorboard_warning  # noqa: F401 (TENSORBOARD: old import path)
+from ctrkit.training.reporting import METRICS, TENSORBOARD, open_scalar_writer  # noqa: F401 (TENSORBOARD: old import path)
 from ctrkit.training.rundir import (  # noqa: F401 (moved to ctrkit.training.rundir; old import paths kept)
     check_checkpoint_entries,
     RUN_FILES,
@@ -921,12 +921,7 @@ class Trainer(TrainerFacade):
         return torch.cuda.max_memory_allocated(self.ctx.device) if self.ctx.device.type == "cuda" else None
 
     def open_scalar_writer(self, log_dir: Path, purge_step: int | None):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            no_tensorboard_warning()
-            return None
-        return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        return open_scalar_writer(log_dir, purge_step)
 
     def _loader(self, reader: BatchReader, epoch: int = 0, start_batch: int = 0, *, ignore_signals: bool = False):
         """The reader's batches through :func:`make_loader`; with ``ignore_signals`` its workers

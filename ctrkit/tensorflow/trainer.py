@@ -133,7 +133,7 @@ from ctrkit.training.loop import TrainingLoop
 from ctrkit.training.objective import GROUP, LABEL, split_output, training_objective
 from ctrkit.training.progress import Progress
 from ctrkit.training.regularization import RegularizationSpec
-from ctrkit.training.reporting import no_tensorboard_warning
+from ctrkit.training.reporting import open_scalar_writer
 from ctrkit.training.rundir import check_checkpoint_entries, checkpoint_name
 
 CHECKPOINT_FORMAT = "ctrkit-tf-checkpoint"
@@ -450,27 +450,6 @@ def raising_ctrkit_errors(batches: Iterable[Any]) -> Iterator[Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# TensorBoard
-# ---------------------------------------------------------------------------------------------
-class SummaryScalarWriter:
-    """A :class:`~ctrkit.training.reporting.ScalarWriter` over ``tf.summary``.
-
-    ``tf.summary`` cannot drop the events of a resumed run's repeated steps (torch's
-    ``purge_step``); TensorBoard shows the last value written for a step.
-    """
-
-    def __init__(self, log_dir: Path):
-        self._writer = tf.summary.create_file_writer(str(log_dir))
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        with self._writer.as_default():
-            tf.summary.scalar(tag, float(value), step=int(step))
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-# ---------------------------------------------------------------------------------------------
 # The trainer: the TF Backend of ctrkit.training.loop.TrainingLoop, and the public API
 # ---------------------------------------------------------------------------------------------
 class Trainer(TrainerFacade):
@@ -722,11 +701,7 @@ class Trainer(TrainerFacade):
         return None if finite.all() else params[int(np.argmin(finite))][0]
 
     def open_scalar_writer(self, log_dir: Path, purge_step: int | None) -> Any:
-        try:
-            return SummaryScalarWriter(log_dir)
-        except (ImportError, AttributeError):  # tf.summary's ops come with the tensorboard package
-            no_tensorboard_warning()
-            return None
+        return open_scalar_writer(log_dir, purge_step)
 
     def parameter_count(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.model.trainable_weights))

@@ -55,6 +55,55 @@ def no_tensorboard_warning() -> None:
     print("warning: tensorboard is not installed; no TensorBoard logs", file=sys.stderr)
 
 
+class EventScalarWriter:
+    """TensorBoard scalars in an event file of ``log_dir``, for either framework.
+
+    Written with the ``tensorboard`` package's protocol buffers and record writer, which import
+    neither framework (torch's ``SummaryWriter`` imports TensorFlow where it is installed: seconds
+    of start-up and its C++ log lines in every torch run). ``purge_step`` (a resumed run): a
+    session-start event at that step, on which TensorBoard drops the events of steps ``>=
+    purge_step`` that the interrupted run wrote before, as torch's ``SummaryWriter`` does.
+    Scalars reach the file at each :meth:`add_scalar` (flushed), so a killed run keeps them.
+    """
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._event, self._summary = event_pb2, summary_pb2
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.path = log_dir / f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
+        self._file = open(self.path, "ab")
+        self._writer = RecordWriter(self._file)
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if purge_step is not None:
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._write(event_pb2.Event(wall_time=time.time(), step=int(purge_step), session_log=start))
+
+    def _write(self, event: Any) -> None:
+        self._writer.write(event.SerializeToString())
+        self._file.flush()
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        summary = self._summary.Summary()
+        summary.value.add(tag=tag, simple_value=float(value))
+        self._write(self._event.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def open_scalar_writer(log_dir: Path, purge_step: int | None) -> EventScalarWriter | None:
+    """An :class:`EventScalarWriter`, or None (with a warning) without the ``tensorboard`` package."""
+    try:
+        return EventScalarWriter(log_dir, purge_step)
+    except ImportError:
+        no_tensorboard_warning()
+        return None
+
+
 def progress_bar(total: int, initial: int, desc: str, main: bool):
     """A tqdm bar on stderr; none on other ranks, nor when stderr is not a terminal (clean logs)."""
     from tqdm.auto import tqdm
