@@ -85,7 +85,7 @@ def test_worker_error_keeps_the_subclass_or_falls_back_to_its_message():
 
 
 @pytest.mark.slow
-def test_train_with_a_worker_on_a_damaged_store_prints_one_line(damaged, tmp_path, monkeypatch):
+def test_train_with_a_worker_on_a_damaged_store_prints_one_line(damaged, tmp_path):
     # nothing of TensorFlow's start-up (oneDNN notice) joins ctrkit's line: a torch run does not import it
     result = run_cli("train", "--model", "lr", "--data", str(damaged), "--epochs", "1", "--batch_size", "64",
                      "--threads", "1", "--num_workers", "1", "--model_save_dir", str(tmp_path / "run"))
