@@ -112,3 +112,10 @@ def check_weight(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0.0:
         raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
     return float(value)
+
+
+def check_positive(name: str, value: object) -> float:
+    """Return ``value`` as a float > 0 (a scale, e.g. an initialiser's standard deviation)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0.0:
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
