@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
+from ctrkit.hparam_checks import check_positive
 from ctrkit.schema import Schema
 from ctrkit.tensorflow.layers import AttentionalPooling, FieldEmbedding, Linear
 from ctrkit.tensorflow.models.base import CTRModel, add_promoted
@@ -26,11 +27,18 @@ class AFM(CTRModel):
     attention-pooled vector before ``p``. ``attention_factor`` (the paper's ``t``) defaults to 16;
     the paper reports AFM to be insensitive to it.
 
+    ``embed_init_std`` (default 0.01, the authors' code's N(0, 0.01) embeddings) is AFM's own: the
+    softmax makes the pooled vector an *average* of the P = F(F-1)/2 pair products, not FM's sum, so
+    with the project-wide N(0, 1e-4) tables the pair term starts near 1e-9, the embedding gradients
+    it sends sit below Adam's epsilon (1e-8) and the attention net gets none (~1e-14): on the
+    synthetic Criteo benchmark (``benchmarks/bench_beyond_lr.py``) AFM then only learns LR.
+
     Args:
         schema: the input schema (at least 2 fields).
         embed_size: ``k``.
         attention_factor: ``t``, hidden size of the attention network.
         dropout: dropout on the pooled interaction vector.
+        embed_init_std: std of the normal initialiser of the embeddings.
 
     Shapes: batch -> ``[B]`` logits.
 
@@ -42,10 +50,11 @@ class AFM(CTRModel):
 
     torch_children = ("linear", "embedding", "attention")
 
-    def __init__(self, schema: Schema, embed_size: int = 16, attention_factor: int = 16, dropout: float = 0.0) -> None:
+    def __init__(self, schema: Schema, embed_size: int = 16, attention_factor: int = 16, dropout: float = 0.0,
+                 embed_init_std: float = 0.01) -> None:
         super().__init__(schema)
         self.linear = Linear(self.schema)
-        self.embedding = FieldEmbedding(self.schema, embed_size)
+        self.embedding = FieldEmbedding(self.schema, embed_size, check_positive("embed_init_std", embed_init_std))
         self.attention = AttentionalPooling(self.embedding.num_fields, self.embedding.dim, attention_factor, dropout)
 
     def logits(self, batch: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
