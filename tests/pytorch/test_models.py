@@ -363,6 +363,7 @@ def test_registry_defaults_and_ignored_keys():
         ("autoint", {"num_heads": 0}, "num_heads"),
         ("autoint", {"dropout": 2.0}, "dropout"),
         ("afm", {"attention_factor": -1}, "attention_factor"),
+        ("afm", {"embed_init_std": 0.0}, "embed_init_std"),
         ("dnn", {"activation": "nonsense"}, "activation"),
         ("dnn", {"batch_norm": "maybe"}, "batch_norm"),
     ],
