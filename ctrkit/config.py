@@ -105,6 +105,7 @@ class TrainConfig:
     seed: int = 2018
     num_workers: int = 0
     precision: str = "fp32"
+    xla: bool = False
     resume: bool = False
     overwrite: bool = False
     eval_batch_size: int = 0
@@ -223,6 +224,10 @@ class TrainConfig:
         self.seed = _int("seed", self.seed, minimum=0)
         self.num_workers = _int("num_workers", self.num_workers, minimum=0)
         self.precision = _choice("precision", self.precision, PRECISIONS)
+        self.xla = _bool("xla", self.xla)
+        if self.xla and self.framework != "tf":
+            raise ConfigError("--xla compiles the TensorFlow training step: it needs --framework tf "
+                              "(the PyTorch models run their own fused kernels)")
         self.resume = _bool("resume", self.resume)
         self.overwrite = _bool("overwrite", self.overwrite)
         if self.resume and self.overwrite:
@@ -617,6 +622,8 @@ _HELP: dict[str, str] = {
     "seed": "random seed (initialisation, shuffling, dropout)",
     "num_workers": "DataLoader worker processes per training process",
     "precision": "fp32 or bf16 (autocast of the forward pass)",
+    "xla": "TF: compile the training step with XLA (jit_compile; one device): faster for xDeepFM and "
+           "AutoInt on CPU (benchmarks/RESULTS.md)",
     "resume": "continue the run in --model_save_dir from its last.pt (last.tf); its model, framework, "
               "hyper-parameters, other options and store are read from it (flags given override them)",
     "overwrite": "replace the run already in --model_save_dir (its checkpoints, metrics.json and TensorBoard logs)",
@@ -628,7 +635,7 @@ _HELP: dict[str, str] = {
     "threads": "torch intra-op threads per process (0: torch's default)",
 }
 
-_BOOLEAN_FLAGS = ("batch_norm", "resume", "overwrite")
+_BOOLEAN_FLAGS = ("batch_norm", "resume", "overwrite", "xla")
 _CHOICES = {"monitor": tuple(MONITORS), "framework": FRAMEWORKS, "optimizer": OPTIMIZERS, "loss": LOSSES, "precision": PRECISIONS, "init": INITS}
 _METAVARS = {
     **{name: "{" + ",".join(choices) + "}" for name, choices in _CHOICES.items()},

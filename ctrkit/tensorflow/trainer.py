@@ -605,6 +605,9 @@ class Trainer(TrainerFacade):
     # -- Backend: the run ----------------------------------------------------------------------
     def prepare(self, store: Store) -> None:
         cfg = self.config
+        if cfg.xla and self.replicated:
+            raise ConfigError("--xla compiles the step of one device; it cannot be combined with several "
+                              "replicas (--gpu_ids, --cpu_processes, TF_CONFIG)")
         warning = set_threads(cfg.threads)
         if warning:
             print(warning, file=sys.stderr, flush=True)
@@ -638,7 +641,8 @@ class Trainer(TrainerFacade):
         else:
             dataset = make_dataset(reader, epoch, start_batch)
         if self._train_fn is None:
-            self._train_fn = tf.function(self._step, input_signature=[dataset.element_spec])
+            self._train_fn = tf.function(self._step, input_signature=[dataset.element_spec],
+                                         jit_compile=bool(self.config.xla))
             # traced here, before the loop starts the epoch's clock: rows/s is the steps' rate
             self._train_fn.get_concrete_function()
         return raising_ctrkit_errors(dataset)

@@ -108,6 +108,30 @@ def test_two_runs_are_identical(store, tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_xla_compiled_step_trains_the_same_function(store, tmp_path):
+    """``--xla``: the step compiled with XLA gives the uncompiled step's weights up to float
+    rounding (its fusions reorder sums), and runs repeat bit for bit."""
+    options = dict(epochs=1, model="xdeepfm", cin_layer_units=[4, 4])
+    plain = train_from_config(config(store, tmp_path / "plain", **options))
+    compiled = train_from_config(config(store, tmp_path / "xla", xla=True, **options))
+    again = train_from_config(config(store, tmp_path / "xla2", xla=True, **options))
+    assert compiled["config"]["xla"] is True and comparable(compiled) == comparable(again)
+    a, b = tensors(tmp_path / "plain" / "last.tf"), tensors(tmp_path / "xla" / "last.tf")
+    moved = max(float(np.abs(v).max()) for k, v in a.items() if k.startswith("model/"))
+    assert moved > 0 and a.keys() == b.keys()
+    for key in a:
+        if key.startswith("model/"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-3, atol=1e-5, err_msg=key)
+    assert abs(compiled["test"]["auc"] - plain["test"]["auc"]) < 1e-3
+
+
+def test_xla_needs_the_tf_framework_and_a_boolean():
+    with pytest.raises(ConfigError, match="--xla .*--framework tf"):
+        TrainConfig(model="deepfm", framework="torch", data="x", xla=True).validate()
+    with pytest.raises(ConfigError, match="--xla must be true or false"):
+        TrainConfig(model="deepfm", framework="tf", data="x", xla="sometimes").validate()
+
+
 def test_bf16_trains(store, tmp_path):
     metrics = train_from_config(config(store, tmp_path / "bf16", epochs=1, precision="bf16"))
     assert math.isfinite(metrics["history"][0]["train_loss"])
