@@ -16,6 +16,8 @@ AUC and logloss of every contender are computed here, by one function, from the 
 * ``ours-fp32-rechub`` (only when asked for): torch-rechub's whole recipe -- ``BatchNorm1d`` in the
   DNN and ``--init torch_default`` (PyTorch's default initialisation of the Linear layers instead of
   our Xavier normal); together they explain torch-rechub's higher one-epoch AUC.
+* ``ours-tf-fp32-xla``/``ours-tf-bf16-xla`` (only when asked for): the same with ``--xla`` (the
+  training step compiled by XLA).
 * ``ours-tf-fp32``/``ours-tf-bf16``: ``ctrkit.tensorflow.trainer.Trainer`` the way ``ctrkit train
   --framework tf`` runs it (``peers/run_ours_tf.py``; bf16 = Keras ``mixed_bfloat16``); its rate is
   the trainer's own and includes the tracing of the compiled step (``steady`` excludes it).
@@ -81,7 +83,7 @@ DEFAULT_MODELS = ("deepfm", "dcn", "xdeepfm", "autoint+")
 CONTENDERS = ("ours-fp32", "ours-bf16", "ours-tf-fp32", "ours-tf-bf16", "deepctr-torch", "torch-rechub",
               "deepctr-tf", "fuxictr")
 #: not run by default: ours with BatchNorm1d in the DNN, the layout torch-rechub always uses
-EXTRA_CONTENDERS = ("ours-fp32-bn", "ours-fp32-rechub")
+EXTRA_CONTENDERS = ("ours-fp32-bn", "ours-fp32-rechub", "ours-tf-fp32-xla", "ours-tf-bf16-xla")
 PEERS = ("deepctr-torch", "torch-rechub", "deepctr-tf", "fuxictr")
 RUNNERS = {
     "ours-fp32": "run_ours.py",
@@ -90,6 +92,8 @@ RUNNERS = {
     "ours-fp32-rechub": "run_ours.py",
     "ours-tf-fp32": "run_ours_tf.py",
     "ours-tf-bf16": "run_ours_tf.py",
+    "ours-tf-fp32-xla": "run_ours_tf.py",
+    "ours-tf-bf16-xla": "run_ours_tf.py",
     "deepctr-torch": "run_deepctr_torch.py",
     "torch-rechub": "run_rechub.py",
     "deepctr-tf": "run_deepctr_tf.py",
@@ -198,7 +202,8 @@ def run_contender(args: argparse.Namespace, contender: str, model: str, train_ro
         "lr": 1e-3,
         "threads": args.threads,
         "seed": args.train_seed,
-        "precision": "bf16" if contender.endswith("-bf16") else "fp32",
+        "precision": "bf16" if "-bf16" in contender else "fp32",
+        "xla": contender.endswith("-xla"),
         "hparams": {**COMMON_HPARAMS, **MODEL_HPARAMS[model],
                     **({"batch_norm": True} if contender.endswith(("-bn", "-rechub")) else {})},
         "init": "torch_default" if contender.endswith("-rechub") else "xavier_normal",

@@ -29,7 +29,7 @@ def train_config(spec: dict[str, Any], store: Store, save_dir: str, framework: s
     config = TrainConfig(
         model=spec.get("registry_model", spec["model"]), framework=framework, data=spec["store"], epochs=1,
         batch_size=spec["batch_size"], optimizer="Adam", lr=spec["lr"], model_save_dir=save_dir, seed=spec["seed"],
-        precision=spec["precision"],
+        precision=spec["precision"], xla=bool(spec.get("xla", False)),
         threads=spec["threads"], num_workers=0, init=spec.get("init", "xavier_normal"), max_steps=max_steps,
         log_every=10**9, patience=1,
         **{k: v for k, v in hp.items() if k in MODEL_HPARAMS},
