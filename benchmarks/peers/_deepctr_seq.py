@@ -118,3 +118,14 @@ def model_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
                     use_bn=False, att_hidden_units=units, att_activation=hp["attention_activation"],
                     att_weight_normalization=True, **common)
     raise SystemExit(f"unknown model {spec['model']!r} (din, dien)")
+
+
+def build(spec: dict[str, Any], classes: dict[str, Any], **library_kwargs: Any) -> tuple[dict[str, Any], Any]:
+    """The rows (:func:`load`) and the library's DIN or DIEN for the spec; ``classes`` maps
+    ``SparseFeat``, ``DenseFeat``, ``VarLenSparseFeat``, ``DIN`` and ``DIEN`` to the library's;
+    ``library_kwargs`` go to the model (e.g. DeepCTR-Torch's ``device``)."""
+    negatives = spec["model"] == "dien" and spec["hparams"]["aux_loss_weight"] > 0
+    rows = load(spec, negatives)
+    columns = feature_columns(rows, spec["hparams"]["embed_size"], negatives, classes)
+    model = classes[spec["model"].upper()](columns, rows["history"], **model_kwargs(spec), **library_kwargs)
+    return rows, model

@@ -82,13 +82,8 @@ if graph_mode:  # see the module docstring: DeepCTR's DIEN builds its GRUs with 
 from deepctr.feature_column import DenseFeat, SparseFeat, VarLenSparseFeat  # noqa: E402
 from deepctr.models import DIEN, DIN  # noqa: E402
 
-negatives = spec["model"] == "dien" and spec["hparams"]["aux_loss_weight"] > 0
-rows = _deepctr_seq.load(spec, negatives)
-columns = _deepctr_seq.feature_columns(rows, spec["hparams"]["embed_size"], negatives,
-                                       {"SparseFeat": SparseFeat, "DenseFeat": DenseFeat,
-                                        "VarLenSparseFeat": VarLenSparseFeat})
-model_class = {"din": DIN, "dien": DIEN}[spec["model"]]
-model = model_class(columns, rows["history"], **_deepctr_seq.model_kwargs(spec))
+rows, model = _deepctr_seq.build(spec, {"SparseFeat": SparseFeat, "DenseFeat": DenseFeat, "VarLenSparseFeat": VarLenSparseFeat,
+                                        "DIN": DIN, "DIEN": DIEN})
 # graph mode trains through optimizer.get_updates, which only Keras 2's legacy optimisers have
 adam = tf.keras.optimizers.legacy.Adam if graph_mode else tf.keras.optimizers.Adam
 model.compile(adam(learning_rate=spec["lr"]), "binary_crossentropy")
