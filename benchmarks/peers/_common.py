@@ -127,6 +127,21 @@ class StepClock:
         return sum(self.rows[1:]) / seconds if seconds > 0 else None
 
 
+def clock_optimizer(optimizer: Any, batch_size: int, rows: int) -> StepClock:
+    """A :class:`StepClock` ticked after every ``optimizer.step()`` (of ``batch_size`` rows, the last
+    step the rest of ``rows``): the step clock of a library whose ``fit`` loop we do not own."""
+    clock = StepClock()
+    step = optimizer.step
+
+    def timed_step(*args: Any, **kwargs: Any) -> Any:
+        out = step(*args, **kwargs)
+        clock.tick(min(batch_size, rows - len(clock.times) * batch_size))
+        return out
+
+    optimizer.step = timed_step
+    return clock
+
+
 def seed_torch(spec: dict[str, Any]) -> None:
     """Threads and seeds of a torch peer (torch is imported here: the TF runner shares this module)."""
     import torch

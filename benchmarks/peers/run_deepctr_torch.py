@@ -36,20 +36,9 @@ model = _common.build_deepctr_model(
 optimizer = torch.optim.Adam(model.parameters(), lr=spec["lr"])
 model.compile(optimizer, "binary_crossentropy", metrics=[])
 
-clock = _common.StepClock()
 batch_size = spec["batch_size"]
 n = len(rows["train_y"])
-_step = optimizer.step
-
-
-def timed_step(*args, **kwargs):
-    out = _step(*args, **kwargs)
-    done = len(clock.times)
-    clock.tick(min(batch_size, n - done * batch_size))
-    return out
-
-
-optimizer.step = timed_step
+clock = _common.clock_optimizer(optimizer, batch_size, n)
 x_train = {name: rows["train_x"][:, j] for j, name in enumerate(names)}
 rss_before = _common.own_rss_mb()
 clock.start = start = time.perf_counter()

@@ -32,31 +32,15 @@ from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat  # noqa
 from deepctr_torch.models import DIEN, DIN  # noqa: E402
 
 _common.seed_torch(spec)
-negatives = spec["model"] == "dien" and spec["hparams"]["aux_loss_weight"] > 0
-rows = _deepctr_seq.load(spec, negatives)
-columns = _deepctr_seq.feature_columns(rows, spec["hparams"]["embed_size"], negatives,
-                                       {"SparseFeat": SparseFeat, "DenseFeat": DenseFeat,
-                                        "VarLenSparseFeat": VarLenSparseFeat})
-model_class = {"din": DIN, "dien": DIEN}[spec["model"]]
-model = model_class(columns, rows["history"], device="cpu", **_deepctr_seq.model_kwargs(spec))
+rows, model = _deepctr_seq.build(spec, {"SparseFeat": SparseFeat, "DenseFeat": DenseFeat, "VarLenSparseFeat": VarLenSparseFeat,
+                                        "DIN": DIN, "DIEN": DIEN}, device="cpu")
 
 optimizer = torch.optim.Adam(model.parameters(), lr=spec["lr"])
 model.compile(optimizer, "binary_crossentropy", metrics=[])
 
-clock = _common.StepClock()
 batch_size = spec["batch_size"]
 n = len(rows["train_y"])
-_step = optimizer.step
-
-
-def timed_step(*args, **kwargs):
-    out = _step(*args, **kwargs)
-    done = len(clock.times)
-    clock.tick(min(batch_size, n - done * batch_size))
-    return out
-
-
-optimizer.step = timed_step
+clock = _common.clock_optimizer(optimizer, batch_size, n)
 rss_before = _common.own_rss_mb()
 clock.start = start = time.perf_counter()
 model.fit(rows["train_x"], rows["train_y"], batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
