@@ -47,7 +47,8 @@ MODELS = ("lr", "fm", "ffm", "afm", "dnn", "deepfm", "dcn", "dcnv2", "autoint", 
 # ---------------------------------------------------------------------------------------------
 # One model (child process)
 # ---------------------------------------------------------------------------------------------
-def run_one(model: str, store_path: str, epochs: int, batch_size: int, threads: int, out: Path) -> None:
+def run_one(model: str, store_path: str, epochs: int, batch_size: int, threads: int, out: Path,
+            model_args: dict[str, Any]) -> None:
     """Train ``model`` as ``ctrkit train`` does and write its metrics to ``out`` (JSON)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
@@ -61,7 +62,7 @@ def run_one(model: str, store_path: str, epochs: int, batch_size: int, threads: 
     with tempfile.TemporaryDirectory(prefix="ctrkit-beyond-lr-") as scratch:
         config = TrainConfig(model=model, framework="torch", data=store_path, epochs=epochs, batch_size=batch_size,
                              model_save_dir=os.path.join(scratch, "run"), threads=threads, patience=epochs,
-                             log_every=10**9).validate()
+                             log_every=10**9, model_args=model_args).validate()
         start = time.perf_counter()
         metrics = fit_from_config(config, store)
         wall = time.perf_counter() - start
@@ -74,6 +75,7 @@ def run_one(model: str, store_path: str, epochs: int, batch_size: int, threads: 
         "test_logloss": (metrics.get("test") or {}).get("logloss"),
         "best_epoch": metrics.get("best_epoch"),
         "hparams": config.hparams(),
+        "model_args": model_args,
         "wall_s": wall,
     }
     out.write_text(json.dumps(result, default=str))
@@ -84,7 +86,8 @@ def run_model(args: argparse.Namespace, model: str, store: Path, scratch: Path) 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
                OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, "-u", __file__, "--_one", model, "--_store", str(store), "--_out", str(out),
-           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+           "--_args", json.dumps(args.model_args.get(model, {}))]
     load = common.loadavg()
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0 or not out.exists():
@@ -152,15 +155,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where the synthetic TSV and store are cached (shared with bench_models.py)")
     parser.add_argument("--json", type=Path, default=common.DEFAULT_WORKDIR / "beyond_lr.json")
     parser.add_argument("--quick", action="store_true", help="smoke run: 60k rows, 1 epoch, lr,fm,afm")
+    parser.add_argument("--model-args", default="",
+                        help="MODEL.KEY=VALUE,...: a model's hyper-parameter other than its default (VALUE as JSON), "
+                             "e.g. afm.embed_init_std=1e-4; recorded in the JSON")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
+    parser.add_argument("--_args", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--_store", help=argparse.SUPPRESS)
     parser.add_argument("--_out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.model_args = parse_model_args(args.model_args)
     if args.quick:
         args.rows, args.epochs = 60_000, 1
         if not any(a == "--models" or a.startswith("--models=") for a in (argv if argv is not None else sys.argv[1:])):
             args.models = "lr,fm,afm"
     return args
+
+
+def parse_model_args(text: str) -> dict[str, dict[str, Any]]:
+    """``afm.embed_init_std=1e-4,fm.embed_size=8`` -> ``{"afm": {"embed_init_std": 1e-4}, "fm": {...}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        model, dot, name = key.partition(".")
+        if not (sep and dot and model and name):
+            raise SystemExit(f"--model-args: expected MODEL.KEY=VALUE, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(model.strip().lower(), {})[name.strip()] = parsed
+    return out
 
 
 def build_store(workdir: Path, rows: int, seed: int) -> Path:
@@ -174,7 +198,7 @@ def build_store(workdir: Path, rows: int, seed: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args._one:
-        run_one(args._one, args._store, args.epochs, args.batch_size, args.threads, args._out)
+        run_one(args._one, args._store, args.epochs, args.batch_size, args.threads, args._out, json.loads(args._args))
         return 0
     from ctrkit.registry import get_model_info
 
@@ -208,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "loadavg_at_end": common.loadavg(),
         "settings": {"rows": args.rows, "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
-                     "threads": args.threads, "margin": args.margin, "store": str(store)},
+                     "threads": args.threads, "margin": args.margin, "store": str(store),
+                     "model_args": args.model_args},
         "results": results,
         "wall_seconds": time.perf_counter() - started,
     }
