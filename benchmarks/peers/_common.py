@@ -152,6 +152,22 @@ def seed_torch(spec: dict[str, Any]) -> None:
     np.random.seed(spec["seed"])
 
 
+def start_deepctr_tf(spec: dict[str, Any]) -> Any:
+    """The start of a DeepCTR (TF) runner: thread variables, quiet C++ logs and Keras 2 (DeepCTR 0.9.4
+    is written for ``tf_keras``) set before TensorFlow is imported here; its thread pools and the
+    seeds set after. Returns the ``tensorflow`` module."""
+    set_thread_env(spec["threads"])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.random.set_seed(spec["seed"])
+    np.random.seed(spec["seed"])
+    return tf
+
+
 def set_thread_env(threads: int) -> None:
     """Pin the math libraries to ``threads`` threads (must run before torch/TF are imported)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):

@@ -36,24 +36,15 @@ columns, negatives, arguments). DeepCTR specifics:
 
 from __future__ import annotations
 
-import os
 import time
 
 import _common
 
 spec = _common.read_spec()
-_common.set_thread_env(spec["threads"])
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # deepctr 0.9.4 is written for Keras 2 (tf_keras)
+tf = _common.start_deepctr_tf(spec)
 
 import _deepctr_seq  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
-tf.config.threading.set_inter_op_parallelism_threads(1)
-tf.random.set_seed(spec["seed"])
-np.random.seed(spec["seed"])
 
 shimmed = []
 if spec.get("tf_shim", True):
