@@ -622,8 +622,8 @@ _HELP: dict[str, str] = {
     "seed": "random seed (initialisation, shuffling, dropout)",
     "num_workers": "DataLoader worker processes per training process",
     "precision": "fp32 or bf16 (autocast of the forward pass)",
-    "xla": "TF: compile the training step with XLA (jit_compile; one device): faster for xDeepFM and "
-           "AutoInt on CPU (benchmarks/RESULTS.md)",
+    "xla": "TF: compile the training step with XLA (jit_compile; one device); pays for xDeepFM in fp32 "
+           "(benchmarks/RESULTS.md)",
     "resume": "continue the run in --model_save_dir from its last.pt (last.tf); its model, framework, "
               "hyper-parameters, other options and store are read from it (flags given override them)",
     "overwrite": "replace the run already in --model_save_dir (its checkpoints, metrics.json and TensorBoard logs)",
