@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ctrkit.hparam_checks import check_positive
+from ctrkit.hparam_checks import EMBEDDING_INIT_STD, check_positive
 from ctrkit.pytorch.layers import AttentionalPooling, FieldEmbedding, Linear
 from ctrkit.pytorch.models.base import CTRModel
 from ctrkit.schema import Schema
@@ -25,13 +25,12 @@ class AFM(CTRModel):
     attention-pooled vector before ``p``. ``attention_factor`` (the paper's ``t``) defaults to 16;
     the paper reports AFM to be insensitive to it.
 
-    ``embed_init_std`` (default 0.01, the authors' code's N(0, 0.01) embeddings) is AFM's own: the
-    softmax makes the pooled vector an *average* of the P = F(F-1)/2 pair products, not FM's sum, so
-    with the project-wide N(0, 1e-4) tables the pair term starts near 1e-9, 99.9 % of the embedding
-    gradients it sends sit below Adam's epsilon (1e-8) and the attention net gets ~1e-17. At 0.01
-    they pass eps after ~60 steps; still, on 39 fields (P = 741) the average makes AFM's pair term
-    learn slowly under Adam, and in 2 epochs of ``benchmarks/bench_beyond_lr.py`` AFM is only
-    ~0.002 AUC above LR (FuxiCTR/BARS: ``embed_init_std=1e-4``).
+    ``embed_init_std`` (default 1e-4, every model's and FuxiCTR's): the softmax makes the pooled
+    vector an *average* of the P = F(F-1)/2 pair products, not FM's sum, so at N(0, 1e-4) the pair
+    term starts near 1e-9 and 99.9 % of the embedding gradients it sends sit below Adam's epsilon.
+    The authors' code's N(0, 0.01) lifts them above eps after ~60 steps, yet on 39 fields (P = 741)
+    AFM stays ~0.002 AUC above LR after 2 epochs of ``benchmarks/bench_beyond_lr.py`` either way:
+    under Adam the average makes the pair term learn ~P times slower than FM's.
 
     Args:
         schema: the input schema (at least 2 fields).
@@ -47,7 +46,7 @@ class AFM(CTRModel):
     """
 
     def __init__(self, schema: Schema, embed_size: int = 16, attention_factor: int = 16, dropout: float = 0.0,
-                 embed_init_std: float = 0.01) -> None:
+                 embed_init_std: float = EMBEDDING_INIT_STD) -> None:
         super().__init__(schema)
         self.linear = Linear(schema)
         self.embedding = FieldEmbedding(schema, embed_size, check_positive("embed_init_std", embed_init_std))
