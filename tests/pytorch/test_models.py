@@ -302,6 +302,20 @@ def test_interaction_models_beat_lr():
 # -- registry --------------------------------------------------------------------------------------------
 
 
+def test_afm_starts_as_fm():
+    """``fm_start``: p = P * 1 and a uniform attention make AFM's pair term FM's sum of <v_i, v_j>."""
+    schema = sparse_schema()
+    model = build("afm", schema)
+    batch = make_batch(schema)
+    with torch.no_grad():
+        model.attention.score.weight.zero_()  # h = 0: the attention is exactly uniform
+        e = model.embedding(batch)  # (B, F, D)
+        fm = 0.5 * (e.sum(1).pow(2) - e.pow(2).sum(1)).sum(1, keepdim=True)  # (B, 1)
+        torch.testing.assert_close(model.attention(e), fm, rtol=1e-4, atol=1e-7)
+        plain = build("afm", schema, fm_start=False)
+        assert not torch.allclose(plain.attention.projection.weight, model.attention.projection.weight)
+
+
 def test_registry_names_and_classes():
     assert set(MODELS) == {"lr", "dnn", "fm", "ffm", "deepfm", "dcn", "afm", "xdeepfm", "autoint", "autoint+",
                            "onn", "fibinet", "dcnv2", "din", "dien"}

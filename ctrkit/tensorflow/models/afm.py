@@ -7,10 +7,19 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
-from ctrkit.hparam_checks import EMBEDDING_INIT_STD, check_positive
+from ctrkit.hparam_checks import check_positive
 from ctrkit.schema import Schema
 from ctrkit.tensorflow.layers import AttentionalPooling, FieldEmbedding, Linear
 from ctrkit.tensorflow.models.base import CTRModel, add_promoted
+
+
+#: AFM's embedding scale, the authors' code's (the other models: ``hparam_checks.EMBEDDING_INIT_STD``)
+AFM_EMBEDDING_STD = 0.01
+
+
+def pair_count(fields: int) -> int:
+    """``P = F (F - 1) / 2``, the pairs AFM pools."""
+    return fields * (fields - 1) // 2
 
 
 @keras.saving.register_keras_serializable(package="ctrkit")
@@ -27,12 +36,18 @@ class AFM(CTRModel):
     attention-pooled vector before ``p``. ``attention_factor`` (the paper's ``t``) defaults to 16;
     the paper reports AFM to be insensitive to it.
 
-    ``embed_init_std`` (default 1e-4, every model's and FuxiCTR's): the softmax makes the pooled
+    ``embed_init_std`` (default 0.01, the authors'; every other model's is 1e-4): the softmax makes the pooled
     vector an *average* of the P = F(F-1)/2 pair products, not FM's sum, so at N(0, 1e-4) the pair
     term starts near 1e-9 and 99.9 % of the embedding gradients it sends sit below Adam's epsilon.
     The authors' code's N(0, 0.01) lifts them above eps after ~60 steps, yet on 39 fields (P = 741)
     AFM stays ~0.002 AUC above LR after 2 epochs of ``benchmarks/bench_beyond_lr.py`` either way:
     under Adam the average makes the pair term learn ~P times slower than FM's.
+
+    ``fm_start`` (default on): ``p`` starts at ``P * 1``, so that while the attention is still
+    uniform (``a_ij = 1/P``) the pair term equals FM's ``sum_{i<j} <v_i, v_j>`` and AFM starts as FM
+    (the authors' code starts AFM from FM-trained embeddings with ``p = 1``); with a Xavier ``p``
+    the same steps move AFM's logit ~P times less than FM's and AFM learned only LR in 2 epochs
+    (``benchmarks/bench_beyond_lr.py``; RESULTS.md). The embeddings start at the authors' N(0, 0.01).
 
     Args:
         schema: the input schema (at least 2 fields).
@@ -40,6 +55,7 @@ class AFM(CTRModel):
         attention_factor: ``t``, hidden size of the attention network.
         dropout: dropout on the pooled interaction vector.
         embed_init_std: std of the normal initialiser of the embeddings.
+        fm_start: start ``p`` at ``P * 1`` (see above).
 
     Shapes: batch -> ``[B]`` logits.
 
@@ -52,11 +68,14 @@ class AFM(CTRModel):
     torch_children = ("linear", "embedding", "attention")
 
     def __init__(self, schema: Schema, embed_size: int = 16, attention_factor: int = 16, dropout: float = 0.0,
-                 embed_init_std: float = EMBEDDING_INIT_STD) -> None:
+                 embed_init_std: float = AFM_EMBEDDING_STD, fm_start: bool = True) -> None:
         super().__init__(schema)
         self.linear = Linear(self.schema)
         self.embedding = FieldEmbedding(self.schema, embed_size, check_positive("embed_init_std", embed_init_std))
         self.attention = AttentionalPooling(self.embedding.num_fields, self.embedding.dim, attention_factor, dropout)
+        if fm_start:  # p = P * 1: uniform attention times P is FM's sum of the pair products
+            kernel = self.attention.projection.kernel
+            kernel.assign(tf.fill(kernel.shape, tf.constant(float(pair_count(self.embedding.num_fields)), kernel.dtype)))
 
     def logits(self, batch: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         e = self.embedding(batch, training=training)  # (B, F, D)
