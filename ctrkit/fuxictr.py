@@ -120,7 +120,6 @@ FIXED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "use_attention": (_is_true, "--model fm (AFM without attention is FM)"),
     "attention_output_activation": (_is_none, "--model_args attention_activation (the hidden layers')"),
     "gru_type": (lambda v: str(v).strip().upper() == "AUGRU", "DIEN's interest evolution is an AUGRU"),
-    "enable_sum_pooling": (_is_false, "DIEN's final interest is the AUGRU's last state"),
     "dien_neg_seq_field": (_is_none, "DIEN's negatives are the same step of the next row's sequence"),
     "eval_steps": (_is_none, "ctrkit validates once per epoch (--checkpoint_every N saves last every N steps)"),
     "group_id": (_is_none, "the dataset spec's group column (ctrkit preprocess table --spec)"),
@@ -159,6 +158,8 @@ REFUSED: dict[str, str] = {
     "attention_type": "--model_args attention_units (DIEN's attention is an MLP)",
     "aux_activation": "--model_args aux_hidden_units (the auxiliary net's sizes)",
     "reduce_lr_on_plateau": "--lr_patience N and --lr_factor F",
+    "enable_sum_pooling": "--model_args behaviour_sum=true|false (DIEN's MLP also sees the behaviour sum and "
+                          "its product with the candidate, the authors' input; on by default)",
     "embedding_initializer": "--init (Linear layers; embedding rows are N(0, 1e-4^2))",
 }
 
