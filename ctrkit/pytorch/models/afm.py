@@ -12,10 +12,6 @@ from ctrkit.pytorch.models.base import CTRModel
 from ctrkit.schema import Schema
 
 
-#: AFM's embedding scale, the authors' code's (the other models: ``hparam_checks.EMBEDDING_INIT_STD``)
-AFM_EMBEDDING_STD = 0.01
-
-
 def pair_count(fields: int) -> int:
     """``P = F (F - 1) / 2``, the pairs AFM pools."""
     return fields * (fields - 1) // 2
@@ -62,7 +58,7 @@ class AFM(CTRModel):
     """
 
     def __init__(self, schema: Schema, embed_size: int = 16, attention_factor: int = 16, dropout: float = 0.0,
-                 embed_init_std: float = AFM_EMBEDDING_STD, fm_start: bool = True) -> None:
+                 embed_init_std: float = 0.01, fm_start: bool = True) -> None:
         super().__init__(schema)
         self.linear = Linear(schema)
         self.embedding = FieldEmbedding(schema, embed_size, check_positive("embed_init_std", embed_init_std))

@@ -13,10 +13,6 @@ from ctrkit.tensorflow.layers import AttentionalPooling, FieldEmbedding, Linear
 from ctrkit.tensorflow.models.base import CTRModel, add_promoted
 
 
-#: AFM's embedding scale, the authors' code's (the other models: ``hparam_checks.EMBEDDING_INIT_STD``)
-AFM_EMBEDDING_STD = 0.01
-
-
 def pair_count(fields: int) -> int:
     """``P = F (F - 1) / 2``, the pairs AFM pools."""
     return fields * (fields - 1) // 2
@@ -68,7 +64,7 @@ class AFM(CTRModel):
     torch_children = ("linear", "embedding", "attention")
 
     def __init__(self, schema: Schema, embed_size: int = 16, attention_factor: int = 16, dropout: float = 0.0,
-                 embed_init_std: float = AFM_EMBEDDING_STD, fm_start: bool = True) -> None:
+                 embed_init_std: float = 0.01, fm_start: bool = True) -> None:
         super().__init__(schema)
         self.linear = Linear(self.schema)
         self.embedding = FieldEmbedding(self.schema, embed_size, check_positive("embed_init_std", embed_init_std))
