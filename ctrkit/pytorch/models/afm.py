@@ -12,11 +12,6 @@ from ctrkit.pytorch.models.base import CTRModel
 from ctrkit.schema import Schema
 
 
-def pair_count(fields: int) -> int:
-    """``P = F (F - 1) / 2``, the pairs AFM pools."""
-    return fields * (fields - 1) // 2
-
-
 class AFM(CTRModel):
     """Attentional Factorization Machine.
 
@@ -34,7 +29,7 @@ class AFM(CTRModel):
     vector an *average* of the P = F(F-1)/2 pair products, not FM's sum, so at N(0, 1e-4) the pair
     term starts near 1e-9 and 99.9 % of the embedding gradients it sends sit below Adam's epsilon.
     The authors' code's N(0, 0.01) lifts them above eps after ~60 steps, yet on 39 fields (P = 741)
-    AFM stays ~0.002 AUC above LR after 2 epochs of ``benchmarks/bench_beyond_lr.py`` either way:
+    AFM (``fm_start`` off) stays ~0.002 AUC above LR after 2 epochs of ``benchmarks/bench_beyond_lr.py`` either way:
     under Adam the average makes the pair term learn ~P times slower than FM's.
 
     ``fm_start`` (default on): ``p`` starts at ``P * 1``, so that while the attention is still
@@ -65,7 +60,7 @@ class AFM(CTRModel):
         self.attention = AttentionalPooling(self.embedding.num_fields, self.embedding.dim, attention_factor, dropout)
         if fm_start:  # p = P * 1: uniform attention times P is FM's sum of the pair products
             with torch.no_grad():
-                self.attention.projection.weight.fill_(float(pair_count(self.embedding.num_fields)))
+                self.attention.projection.weight.fill_(float(len(self.attention.rows)))  # P
 
     def logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         e = self.embedding(batch)  # (B, F, D)

@@ -13,11 +13,6 @@ from ctrkit.tensorflow.layers import AttentionalPooling, FieldEmbedding, Linear
 from ctrkit.tensorflow.models.base import CTRModel, add_promoted
 
 
-def pair_count(fields: int) -> int:
-    """``P = F (F - 1) / 2``, the pairs AFM pools."""
-    return fields * (fields - 1) // 2
-
-
 @keras.saving.register_keras_serializable(package="ctrkit")
 class AFM(CTRModel):
     """Attentional Factorization Machine.
@@ -32,18 +27,9 @@ class AFM(CTRModel):
     attention-pooled vector before ``p``. ``attention_factor`` (the paper's ``t``) defaults to 16;
     the paper reports AFM to be insensitive to it.
 
-    ``embed_init_std`` (default 0.01, the authors'; every other model's is 1e-4): the softmax makes the pooled
-    vector an *average* of the P = F(F-1)/2 pair products, not FM's sum, so at N(0, 1e-4) the pair
-    term starts near 1e-9 and 99.9 % of the embedding gradients it sends sit below Adam's epsilon.
-    The authors' code's N(0, 0.01) lifts them above eps after ~60 steps, yet on 39 fields (P = 741)
-    AFM stays ~0.002 AUC above LR after 2 epochs of ``benchmarks/bench_beyond_lr.py`` either way:
-    under Adam the average makes the pair term learn ~P times slower than FM's.
-
-    ``fm_start`` (default on): ``p`` starts at ``P * 1``, so that while the attention is still
-    uniform (``a_ij = 1/P``) the pair term equals FM's ``sum_{i<j} <v_i, v_j>`` and AFM starts as FM
-    (the authors' code starts AFM from FM-trained embeddings with ``p = 1``); with a Xavier ``p``
-    the same steps move AFM's logit ~P times less than FM's and AFM learned only LR in 2 epochs
-    (``benchmarks/bench_beyond_lr.py``; RESULTS.md). The embeddings start at the authors' N(0, 0.01).
+    ``embed_init_std`` (default 0.01, the authors') and ``fm_start`` (default on: ``p`` starts at
+    ``P * 1``, so that with a still uniform attention the pair term is FM's ``sum_{i<j} <v_i, v_j>``
+    and AFM starts as FM): as in the torch model, whose docstring gives the measurements behind them.
 
     Args:
         schema: the input schema (at least 2 fields).
@@ -71,7 +57,7 @@ class AFM(CTRModel):
         self.attention = AttentionalPooling(self.embedding.num_fields, self.embedding.dim, attention_factor, dropout)
         if fm_start:  # p = P * 1: uniform attention times P is FM's sum of the pair products
             kernel = self.attention.projection.kernel
-            kernel.assign(tf.fill(kernel.shape, tf.constant(float(pair_count(self.embedding.num_fields)), kernel.dtype)))
+            kernel.assign(tf.fill(kernel.shape, tf.constant(float(len(self.attention.rows)), kernel.dtype)))  # P
 
     def logits(self, batch: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         e = self.embedding(batch, training=training)  # (B, F, D)
