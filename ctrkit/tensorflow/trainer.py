@@ -554,6 +554,9 @@ class Trainer(TrainerFacade):
         if self.config.batch_size % self.replicas:
             raise ConfigError(f"--batch_size {self.config.batch_size} must be divisible by the number of "
                               f"replicas ({self.replicas})")
+        if self.config.xla and self.replicated:  # before the run directory is touched
+            raise ConfigError("--xla compiles the step of one device; it cannot be combined with several "
+                              "replicas (--gpu_ids, --cpu_processes, TF_CONFIG)")
         meta = RunMeta(self.config.model, self.hparams, self.schema.to_dict(), self.config.to_dict())
         self.loop = TrainingLoop(self, self.config, meta, step_hook=self.step_hook)
         return self.loop.run(store)
@@ -605,9 +608,6 @@ class Trainer(TrainerFacade):
     # -- Backend: the run ----------------------------------------------------------------------
     def prepare(self, store: Store) -> None:
         cfg = self.config
-        if cfg.xla and self.replicated:
-            raise ConfigError("--xla compiles the step of one device; it cannot be combined with several "
-                              "replicas (--gpu_ids, --cpu_processes, TF_CONFIG)")
         warning = set_threads(cfg.threads)
         if warning:
             print(warning, file=sys.stderr, flush=True)

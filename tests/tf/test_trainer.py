@@ -369,7 +369,9 @@ import numpy as np
 from ctrkit.tensorflow.devices import split_cpu
 split_cpu(2)  # before anything starts TensorFlow's devices
 import tensorflow as tf
+from pathlib import Path
 from ctrkit.config import TrainConfig
+from ctrkit.errors import ConfigError
 from ctrkit.data.store import Store
 from ctrkit.data.batches import BatchReader
 from ctrkit.registry import build_tf_model
@@ -407,11 +409,19 @@ diff = max(float(np.abs(a.numpy() - b.numpy()).max())
 moved = max(float(np.abs(a.numpy()).max()) for a in trainers[0].optimizer.slots["exp_avg"])
 metrics = train_from_config(cfg.replace(data=sys.argv[1], cpu_processes=2, epochs=1, model_save_dir=sys.argv[2],
                                         log_every=5))
+# --xla compiles one device's step: refused for the replicas before the run directory is made
+xla_dir = Path(sys.argv[2]).parent / "xla-run"
+try:
+    Trainer(trainers[0].model, cfg.replace(xla=True, model_save_dir=str(xla_dir)), schema=store.schema,
+            strategy=mirrored).fit(store)
+    xla_refused = ""
+except ConfigError as error:
+    xla_refused = str(error) if not xla_dir.exists() else "run directory made"
 # 23 global batches and 1 row: one reader of the global batch has 24 batches, each replica's shard 23
 odd_reader = train_reader(Store(sys.argv[3]), cfg, trainers[0])
 odd_steps = sum(1 for _ in trainers[0].train_batches(odd_reader, 0, 0, ignore_signals=False))
 print(json.dumps({"diff": diff, "moved": moved, "losses": losses, "rows": rows,
-                  "odd_steps": odd_steps, "odd_loop_steps": len(odd_reader),
+                  "odd_steps": odd_steps, "odd_loop_steps": len(odd_reader), "xla_refused": xla_refused,
                   "replicas": trainers[0].replicas, "device": metrics["device"], "auc": metrics["test"]["auc"]}))
 """
 
@@ -427,6 +437,7 @@ def test_mirrored_strategy_on_two_logical_cpus(store, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["rows"] == 128
     assert result["odd_steps"] == result["odd_loop_steps"] == 23  # the loop counts the steps the replicas run
+    assert "--xla compiles the step of one device" in result["xla_refused"], result["xla_refused"]
     assert result["moved"] > 1e-4  # the steps changed the weights: the comparison can fail
     assert result["diff"] < 1e-6, result
     losses = result["losses"]
