@@ -378,6 +378,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_line(model: str, contender: str, result: dict[str, Any], model_width: int = 9) -> str:
+    """One contender run as the progress line the benchmarks print."""
+    if "error" in result:
+        return f"  {model:{model_width}s} {contender:14s} ERROR {result['error']}  (log {result['log']})"
+    steady = result.get("steady_rows_per_s")
+    return (f"  {model:{model_width}s} {contender:14s} {result['rows_per_s']:>9,.0f} rows/s "
+            f"(steady {steady or float('nan'):>9,.0f})  auc {result.get('test_auc', float('nan')):.5f}  "
+            f"peak RSS {result['peak_rss_mb']:,.0f} MB  load {result['loadavg_before'][0]:.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
@@ -417,14 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             for contender in common.rotated(mine, index + repeat):
                 result = run_contender(args, contender, model, train_rows, store, dump, scratch, repeat)
                 runs.append(result)
-                if "error" in result:
-                    print(f"  {model:9s} {contender:14s} ERROR {result['error']}  (log {result['log']})", flush=True)
-                else:
-                    steady = result.get("steady_rows_per_s")
-                    print(f"  {model:9s} {contender:14s} {result['rows_per_s']:>9,.0f} rows/s "
-                          f"(steady {steady or float('nan'):>9,.0f})  auc {result.get('test_auc', float('nan')):.5f}  "
-                          f"peak RSS {result['peak_rss_mb']:,.0f} MB  load {result['loadavg_before'][0]:.1f}",
-                          flush=True)
+                print(run_line(model, contender, result), flush=True)
 
     summary = summarise(runs, models, contenders)
     report = format_report(summary)

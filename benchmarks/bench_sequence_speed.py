@@ -293,14 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             for contender in common.rotated(contenders, index + repeat):
                 result = run_contender(args, contender, model, train_rows, store, dump, scratch, repeat)
                 runs.append(result)
-                if "error" in result:
-                    print(f"  {model:5s} {contender:14s} {result['error']}  (log {result['log']})", flush=True)
-                else:
-                    steady = result.get("steady_rows_per_s")
-                    print(f"  {model:5s} {contender:14s} {result['rows_per_s']:>9,.0f} rows/s "
-                          f"(steady {steady or float('nan'):>9,.0f})  auc {result.get('test_auc', float('nan')):.5f}  "
-                          f"peak RSS {result['peak_rss_mb']:,.0f} MB  load {result['loadavg_before'][0]:.1f}",
-                          flush=True)
+                print(bench_models.run_line(model, contender, result, model_width=5), flush=True)
 
     bench_models.PEERS = PEERS  # summarise() takes the peers from its module's PEERS
     summary = bench_models.summarise(runs, models, contenders)
