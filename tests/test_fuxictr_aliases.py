@@ -150,6 +150,7 @@ def test_a_conflicting_pair_names_both_keys(tmp_path):
     ("task: regression", "ctrkit trains binary click models only"),
     ("net_regularizer: 'l1(1.e-5)'", "(FuxiCTR's L1) has no ctrkit equivalent; ctrkit: an L2"),
     ("epoch: 3", "unknown option(s) epoch (did you mean epochs?)"),
+    ("enable_sum_pooling: False", "unknown option 'enable_sum_pooling' (FuxiCTR's); ctrkit: --model_args behaviour_sum"),
 ])
 def test_a_key_without_ctrkit_equivalent_names_the_ctrkit_option(tmp_path, line, message):
     path = write(tmp_path, f"model: deepfm\n{line}\n", "run.yaml")
