@@ -378,6 +378,7 @@ def test_registry_defaults_and_ignored_keys():
         ("autoint", {"dropout": 2.0}, "dropout"),
         ("afm", {"attention_factor": -1}, "attention_factor"),
         ("afm", {"embed_init_std": 0.0}, "embed_init_std"),
+        ("afm", {"fm_start": "yes"}, "fm_start"),
         ("dnn", {"activation": "nonsense"}, "activation"),
         ("dnn", {"batch_norm": "maybe"}, "batch_norm"),
     ],

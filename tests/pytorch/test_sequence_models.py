@@ -293,6 +293,8 @@ def test_dien_output_mlp_sees_the_behaviour_sum_and_its_product_with_the_candida
                              for b in range(keys.shape[0])])
             expected += [s, query * s]
         torch.testing.assert_close(seen["x"], torch.cat(expected, dim=1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="behaviour_sum must be true or false"):
+        build("dien", schema, behaviour_sum="no")
 
 
 def test_din_mini_batch_aware_regulariser():

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ctrkit.hparam_checks import check_positive
+from ctrkit.hparam_checks import check_bool, check_positive
 from ctrkit.pytorch.layers import AttentionalPooling, FieldEmbedding, Linear
 from ctrkit.pytorch.models.base import CTRModel
 from ctrkit.schema import Schema
@@ -58,7 +58,7 @@ class AFM(CTRModel):
         self.linear = Linear(schema)
         self.embedding = FieldEmbedding(schema, embed_size, check_positive("embed_init_std", embed_init_std))
         self.attention = AttentionalPooling(self.embedding.num_fields, self.embedding.dim, attention_factor, dropout)
-        if fm_start:  # p = P * 1: uniform attention times P is FM's sum of the pair products
+        if check_bool("fm_start", fm_start):  # p = P * 1: uniform attention times P is FM's sum of the pair products
             with torch.no_grad():
                 self.attention.projection.weight.fill_(float(len(self.attention.rows)))  # P
 

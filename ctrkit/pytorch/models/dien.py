@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ctrkit.hparam_checks import behaviour_fields, check_int, check_units, check_weight
+from ctrkit.hparam_checks import behaviour_fields, check_bool, check_int, check_units, check_weight
 from ctrkit.pytorch.layers import MLP, FieldEmbedding
 from ctrkit.pytorch.layers.sequence import AUGRU, GRU, AuxiliaryLoss, InterestAttention, behaviours
 from ctrkit.pytorch.models.base import CTRModel
@@ -87,7 +87,7 @@ class DIEN(CTRModel):
         self.auxiliary = AuxiliaryLoss(hidden, behaviour_dim, aux_hidden_units)
         self.attention = InterestAttention(behaviour_dim, hidden, attention_units, attention_activation)
         self.evolution = AUGRU(hidden, hidden)
-        self.behaviour_sum = bool(behaviour_sum)
+        self.behaviour_sum = check_bool("behaviour_sum", behaviour_sum)
         fixed = self.embedding.n_sparse + self.embedding.n_dense
         summed = 2 * behaviour_dim if self.behaviour_sum else 0
         self.dnn = MLP(fixed * self.embedding.dim + hidden + summed, hidden_units, activation, dropout, batch_norm,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
-from ctrkit.hparam_checks import check_positive
+from ctrkit.hparam_checks import check_bool, check_positive
 from ctrkit.schema import Schema
 from ctrkit.tensorflow.layers import AttentionalPooling, FieldEmbedding, Linear
 from ctrkit.tensorflow.models.base import CTRModel, add_promoted
@@ -55,7 +55,7 @@ class AFM(CTRModel):
         self.linear = Linear(self.schema)
         self.embedding = FieldEmbedding(self.schema, embed_size, check_positive("embed_init_std", embed_init_std))
         self.attention = AttentionalPooling(self.embedding.num_fields, self.embedding.dim, attention_factor, dropout)
-        if fm_start:  # p = P * 1: uniform attention times P is FM's sum of the pair products
+        if check_bool("fm_start", fm_start):  # p = P * 1: uniform attention times P is FM's sum of the pair products
             kernel = self.attention.projection.kernel
             kernel.assign(tf.fill(kernel.shape, tf.constant(float(len(self.attention.rows)), kernel.dtype)))  # P
 
