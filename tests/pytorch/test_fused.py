@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ctrkit.pytorch.layers import (
     CompressedInteractionNetwork,
     CrossNet,
+    Dice,
     EmbeddingTable,
     FactorizationMachine,
     MultiHeadSelfAttention,
@@ -111,6 +112,34 @@ def test_self_attention_matches_reference(use_residual, scaled):
         )
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_dice_train_gradcheck(masked):
+    torch.manual_seed(0)
+    x = torch.randn(13, 4, dtype=torch.float64, requires_grad=True)
+    alpha = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    weight = (torch.arange(13) % 3 != 0).double().unsqueeze(1) if masked else None  # padding rows included
+    assert torch.autograd.gradcheck(lambda x, a: _fused.dice_train(x, a, weight, 1e-8)[0], (x, alpha))
+    with pytest.raises(RuntimeError, match="first-order only"):
+        y = _fused.dice_train(x, alpha, weight, 1e-8)[0]
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+
+
+def test_dice_training_gradients_match_the_reference():
+    """The fused training node gives the outputs and gradients of eq. 5 written position by position."""
+    torch.manual_seed(0)
+    dice = Dice(4).double().train()
+    with torch.no_grad():
+        dice.alpha.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 5) > 0.4
+    weight = torch.randn(3, 5, 4, dtype=torch.float64)
+    inputs = [x, dice.alpha.bias]
+    got = _grads(lambda: dice(x, mask), inputs, weight)
+    want = _grads(lambda: dice.reference_forward(x, mask), inputs, weight)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-9)
+
+
 def test_fused_blocks_under_bf16_autocast_track_fp32():
     torch.manual_seed(0)
     x = torch.randn(64, 39, 16) * 0.3
@@ -118,6 +147,7 @@ def test_fused_blocks_under_bf16_autocast_track_fp32():
         CompressedInteractionNetwork(39, (16, 16, 16)),
         MultiHeadSelfAttention(16, attention_dim=8, num_heads=2),
         FactorizationMachine(),
+        Dice(16),
     ]
     for block in blocks:
         x32 = x.clone().requires_grad_()

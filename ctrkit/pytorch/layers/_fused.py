@@ -466,3 +466,75 @@ def self_attention(x: torch.Tensor, weight: torch.Tensor, heads: int, head_dim: 
     if x.device.type != "cpu":
         chunk_rows = batch
     return _SelfAttention.apply(x, weight, heads, head_dim, float(scale), bool(residual), chunk_rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dice (DIN's activation) in training: batch statistics and output in one autograd node
+# ---------------------------------------------------------------------------------------------
+class _DiceTrain(torch.autograd.Function):
+    """``y = x (alpha + (1 - alpha) sigmoid(z))``, ``z = (x - m) r``, ``r = (v + eps)^-1/2`` with the
+    (masked) batch mean ``m`` and biased variance ``v`` of each channel.
+
+    With ``w_n`` the row weights (1 for the rows of the statistics, 0 for padding), ``n = sum w``,
+    ``dz = (1 - alpha) x g p (1 - p)``, ``S1 = sum_k dz_k`` and ``S2 = sum_k dz_k z_k`` (over all
+    rows: a padding row's ``z`` depends on the statistics too), the backward is BatchNorm's::
+
+        dx      = g (alpha + (1 - alpha) p) + r dz - w (r / n) (S1 + z S2)
+        dalpha  = sum_n g x (1 - p)
+
+    Autograd of the formula keeps a dozen ``[N, C]`` intermediates and makes ~40 passes over them
+    (Dice was half of a DIN step); this makes ~8 forward and ~14 backward, in the wide dtype
+    (fp32 under bf16 autocast: the statistics and ``1 - p`` must not round to bf16). Also returns
+    ``m`` and ``v`` (no gradient) for the running statistics.
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha, weight, eps):
+        wide = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            xf = x.to(wide)  # (N, C)
+            a = alpha.to(wide)  # (C,)
+            if weight is None:
+                count = float(xf.shape[0])
+                var, mean = torch.var_mean(xf, dim=0, correction=0)  # (C,) each
+                centered = xf - mean  # (N, C)
+            else:
+                w = weight.to(wide)  # (N, 1)
+                count = w.sum().clamp(min=1.0)
+                mean = torch.mm(w.t(), xf)[0] / count  # (C,)
+                centered = xf - mean  # (N, C)
+                var = torch.mm(w.t(), centered.square())[0] / count  # (C,)
+            rstd = torch.rsqrt(var + eps)  # (C,)
+            z = centered.mul_(rstd)  # (N, C)
+            p = torch.sigmoid(z)  # (N, C)
+            y = torch.addcmul(a, p, 1.0 - a).mul_(xf)  # (N, C)
+        ctx.save_for_backward(xf, z, p, a, rstd, None if weight is None else w)
+        ctx.count = count
+        ctx.dtypes = x.dtype, alpha.dtype
+        ctx.mark_non_differentiable(mean, var)
+        return y.to(x.dtype), mean, var
+
+    @staticmethod
+    @first_order_only  # z, p and the statistics are saved without a graph
+    def backward(ctx, grad, _grad_mean, _grad_var):
+        xf, z, p, a, rstd, w = ctx.saved_tensors
+        with torch.autocast(xf.device.type, enabled=False):
+            g = grad.to(xf.dtype)  # (N, C)
+            gx = g * xf  # (N, C)
+            gxp = gx * p  # (N, C)
+            grad_alpha = gx.sum(0) - gxp.sum(0)  # (C,): sum g x (1 - p)
+            dz = torch.addcmul(gxp, gxp, p, value=-1.0).mul_(1.0 - a)  # (N, C): (1 - a) g x p (1 - p)
+            s1, s2 = dz.sum(0), torch.linalg.vecdot(dz.t(), z.t())  # (C,) each
+            dx = torch.addcmul(a, p, 1.0 - a).mul_(g).addcmul_(dz, rstd)  # (N, C): direct + r dz
+            correction = torch.addcmul(s1, z, s2)  # (N, C): S1 + z S2
+            if w is not None:
+                correction.mul_(w)
+            dx.addcmul_(correction, rstd / ctx.count, value=-1.0)
+        x_dtype, alpha_dtype = ctx.dtypes
+        return dx.to(x_dtype), grad_alpha.to(alpha_dtype), None, None
+
+
+def dice_train(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor | None, eps: float):
+    """Dice of ``x`` ``[N, C]`` with batch statistics over the rows of ``weight`` (float ``[N, 1]``,
+    None: all rows): returns ``y [N, C]`` (x's dtype), the batch ``mean`` and biased ``var`` ``[C]``."""
+    return _DiceTrain.apply(x, alpha, weight, eps)

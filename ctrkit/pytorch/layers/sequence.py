@@ -78,17 +78,31 @@ class Dice(nn.Module):
         count = weight.sum()
         mean = (flat * weight).sum(0) / count.clamp(min=1.0)  # (C,)
         var = ((flat - mean) ** 2 * weight).sum(0) / count.clamp(min=1.0)  # (C,)
-        with torch.no_grad():
-            unbiased = var * count / (count - 1.0).clamp(min=1.0)
-            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), DICE_MOMENTUM)
-            self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), DICE_MOMENTUM)
+        self._update_running(mean, var, count)
         return mean, var
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training and not _fused.exporting():
+            return self._fused_train(x, mask)
         mean, var = self.statistics(x, mask)
         p = torch.sigmoid((x.to(_wide(x.dtype)) - mean) * torch.rsqrt(var + DICE_EPSILON)).to(x.dtype)  # (..., C)
         alpha = self.alpha.bias.to(x.dtype)
         return x * (alpha + p * (1.0 - alpha))  # (..., C)
+
+    def _fused_train(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Training forward as one autograd node (:func:`_fused.dice_train`), running statistics updated."""
+        weight = None if mask is None else _flat_mask(x, mask)  # (N, 1)
+        y, mean, var = _fused.dice_train(x.reshape(-1, self.num_features), self.alpha.bias, weight, DICE_EPSILON)
+        count = y.new_tensor(y.shape[0], dtype=var.dtype) if weight is None else weight.sum()
+        self._update_running(mean, var, count)
+        return y.reshape(x.shape)
+
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+        """BatchNorm's running update: momentum 0.1, the unbiased variance."""
+        with torch.no_grad():
+            unbiased = var * count / (count - 1.0).clamp(min=1.0)
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), DICE_MOMENTUM)
+            self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), DICE_MOMENTUM)
 
     def reference_forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 5 channel by channel, statistics from the rows the mask keeps (no running update)."""
