@@ -119,6 +119,11 @@ def test_dice_train_gradcheck(masked):
     alpha = torch.randn(4, dtype=torch.float64, requires_grad=True)
     weight = (torch.arange(13) % 3 != 0).double().unsqueeze(1) if masked else None  # padding rows included
     assert torch.autograd.gradcheck(lambda x, a: _fused.dice_train(x, a, weight, 1e-8)[0], (x, alpha))
+    whole = _fused._DiceTrain.apply(x, alpha, weight, 1e-8, 13)
+    for chunk_rows in (1, 4):  # chunk boundaries inside the rows and a short last chunk
+        assert torch.autograd.gradcheck(lambda x, a: _fused._DiceTrain.apply(x, a, weight, 1e-8, chunk_rows)[0], (x, alpha))
+        for got, want in zip(_fused._DiceTrain.apply(x, alpha, weight, 1e-8, chunk_rows), whole):
+            torch.testing.assert_close(got, want)
     with pytest.raises(RuntimeError, match="first-order only"):
         y = _fused.dice_train(x, alpha, weight, 1e-8)[0]
         torch.autograd.grad(y.sum(), x, create_graph=True)

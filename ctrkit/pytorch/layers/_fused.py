@@ -476,65 +476,97 @@ class _DiceTrain(torch.autograd.Function):
     (masked) batch mean ``m`` and biased variance ``v`` of each channel.
 
     With ``w_n`` the row weights (1 for the rows of the statistics, 0 for padding), ``n = sum w``,
-    ``dz = (1 - alpha) x g p (1 - p)``, ``S1 = sum_k dz_k`` and ``S2 = sum_k dz_k z_k`` (over all
-    rows: a padding row's ``z`` depends on the statistics too), the backward is BatchNorm's::
+    ``p = sigmoid(z)``, ``dz = (1 - alpha) x g p (1 - p)``, ``S1 = sum_k dz_k`` and ``S2 = sum_k
+    dz_k z_k`` (over all rows: a padding row's ``z`` depends on the statistics too), the backward is
+    BatchNorm's::
 
         dx      = g (alpha + (1 - alpha) p) + r dz - w (r / n) (S1 + z S2)
         dalpha  = sum_n g x (1 - p)
 
-    Autograd of the formula keeps a dozen ``[N, C]`` intermediates and makes ~40 passes over them
-    (Dice was half of a DIN step); this makes ~8 forward and ~14 backward, in the wide dtype
-    (fp32 under bf16 autocast: the statistics and ``1 - p`` must not round to bf16). Also returns
-    ``m`` and ``v`` (no gradient) for the running statistics.
+    Dice is bound by memory traffic: autograd of the formula streams a dozen ``[N, C]``
+    intermediates through DRAM about 40 times per step (half of a DIN step on CPU). Here the rows
+    are processed in chunks that stay in cache, and only ``x`` and ``p`` are saved: forward reads
+    ``x`` three times (mean, variance, output) and writes ``p`` and ``y``; backward reads ``x``,
+    ``g`` and ``p`` twice and ``dz`` once, and writes ``dz`` and ``dx``. ``z`` is recomputed per
+    chunk (two cheap passes in cache), the sigmoid is not (it is compute-bound on CPU). Arithmetic in
+    the wide dtype (fp32 under bf16 autocast: the statistics and ``1 - p`` must not round to
+    bf16). Also returns ``m`` and ``v`` (no gradient) for the running statistics.
     """
 
     @staticmethod
-    def forward(ctx, x, alpha, weight, eps):
+    def forward(ctx, x, alpha, weight, eps, chunk_rows):
         wide = torch.promote_types(x.dtype, torch.float32)
+        chunks = [(start, min(x.shape[0], start + chunk_rows)) for start in range(0, x.shape[0], chunk_rows)]
         with torch.autocast(x.device.type, enabled=False):
-            xf = x.to(wide)  # (N, C)
             a = alpha.to(wide)  # (C,)
-            if weight is None:
-                count = float(xf.shape[0])
-                var, mean = torch.var_mean(xf, dim=0, correction=0)  # (C,) each
-                centered = xf - mean  # (N, C)
-            else:
-                w = weight.to(wide)  # (N, 1)
-                count = w.sum().clamp(min=1.0)
-                mean = torch.mm(w.t(), xf)[0] / count  # (C,)
-                centered = xf - mean  # (N, C)
-                var = torch.mm(w.t(), centered.square())[0] / count  # (C,)
+            w = None if weight is None else weight.to(wide)  # (N, 1)
+            count = x.new_tensor(float(x.shape[0]), dtype=wide) if w is None else w.sum().clamp(min=1.0)
+            mean = sum(_weighted_sum(x[i:j].to(wide), w, i, j) for i, j in chunks) / count  # (C,)
+            var = sum(_weighted_sum((x[i:j].to(wide) - mean).square_(), w, i, j) for i, j in chunks) / count
             rstd = torch.rsqrt(var + eps)  # (C,)
-            z = centered.mul_(rstd)  # (N, C)
-            p = torch.sigmoid(z)  # (N, C)
-            y = torch.addcmul(a, p, 1.0 - a).mul_(xf)  # (N, C)
-        ctx.save_for_backward(xf, z, p, a, rstd, None if weight is None else w)
-        ctx.count = count
-        ctx.dtypes = x.dtype, alpha.dtype
+            y = torch.empty_like(x)  # (N, C)
+            p = torch.empty(x.shape, dtype=wide, device=x.device)  # (N, C)
+            for i, j in chunks:
+                xc = x[i:j].to(wide)  # (n, C)
+                torch.sigmoid(_dice_z(xc, mean, rstd), out=p[i:j])
+                torch.mul(_dice_gate(p[i:j], a), xc, out=y[i:j])
+        ctx.save_for_backward(x, p, a, mean, rstd, count, w)
+        ctx.meta = chunks, alpha.dtype
         ctx.mark_non_differentiable(mean, var)
-        return y.to(x.dtype), mean, var
+        return y, mean, var
 
     @staticmethod
-    @first_order_only  # z, p and the statistics are saved without a graph
+    @first_order_only  # the statistics are saved without a graph
     def backward(ctx, grad, _grad_mean, _grad_var):
-        xf, z, p, a, rstd, w = ctx.saved_tensors
-        with torch.autocast(xf.device.type, enabled=False):
-            g = grad.to(xf.dtype)  # (N, C)
-            gx = g * xf  # (N, C)
-            gxp = gx * p  # (N, C)
-            grad_alpha = gx.sum(0) - gxp.sum(0)  # (C,): sum g x (1 - p)
-            dz = torch.addcmul(gxp, gxp, p, value=-1.0).mul_(1.0 - a)  # (N, C): (1 - a) g x p (1 - p)
-            s1, s2 = dz.sum(0), torch.linalg.vecdot(dz.t(), z.t())  # (C,) each
-            dx = torch.addcmul(a, p, 1.0 - a).mul_(g).addcmul_(dz, rstd)  # (N, C): direct + r dz
-            correction = torch.addcmul(s1, z, s2)  # (N, C): S1 + z S2
-            if w is not None:
-                correction.mul_(w)
-            dx.addcmul_(correction, rstd / ctx.count, value=-1.0)
-        x_dtype, alpha_dtype = ctx.dtypes
-        return dx.to(x_dtype), grad_alpha.to(alpha_dtype), None, None
+        x, p_all, a, mean, rstd, count, w = ctx.saved_tensors
+        chunks, alpha_dtype = ctx.meta
+        wide = a.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            dz = torch.empty(x.shape, dtype=wide, device=x.device)  # (N, C)
+            grad_alpha, s1, s2 = torch.zeros_like(a), torch.zeros_like(a), torch.zeros_like(a)
+            for i, j in chunks:
+                xc, gc = x[i:j].to(wide), grad[i:j].to(wide)  # (n, C)
+                z, p = _dice_z(xc, mean, rstd), p_all[i:j]  # (n, C) each
+                gx = gc * xc  # (n, C); not in place: gc may be a view of grad
+                gxp = gx * p  # (n, C)
+                grad_alpha += gx.sum(0) - gxp.sum(0)  # sum g x (1 - p)
+                dzc = torch.addcmul(gxp, gxp, p, value=-1.0, out=dz[i:j]).mul_(1.0 - a)  # (1 - a) g x p (1 - p)
+                s1 += dzc.sum(0)
+                s2 += (dzc * z).sum(0)
+            dx = torch.empty_like(x)  # (N, C)
+            for i, j in chunks:
+                xc, gc = x[i:j].to(wide), grad[i:j].to(wide)  # (n, C)
+                z, gate = _dice_z(xc, mean, rstd), _dice_gate(p_all[i:j], a)  # (n, C) each
+                correction = torch.addcmul(s1, z, s2)  # (n, C): S1 + z S2
+                if w is not None:
+                    correction.mul_(w[i:j])
+                torch.addcmul(gate.mul_(gc).addcmul_(dz[i:j], rstd), correction, rstd / count, value=-1.0, out=dx[i:j])
+        return dx, grad_alpha.to(alpha_dtype), None, None, None
+
+
+def _weighted_sum(rows: torch.Tensor, weight: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+    """``sum_n w_n rows_n`` over a chunk (``[C]``); all weights 1 without ``weight``."""
+    return rows.sum(0) if weight is None else torch.mm(weight[start:stop].t(), rows)[0]
+
+
+def _dice_z(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """``z = (x - m) r`` of a chunk (a new tensor)."""
+    return (x - mean).mul_(rstd)
+
+
+def _dice_gate(p: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``alpha + (1 - alpha) p`` of a chunk (a new tensor)."""
+    return torch.addcmul(alpha, p, 1.0 - alpha)
+
+
+#: bytes of one ``[rows, C]`` wide temporary of a Dice chunk (several stay in L2/L3 together on CPU)
+DICE_CHUNK_BYTES_CPU = 1 << 20
+DICE_CHUNK_BYTES_GPU = 1 << 40
 
 
 def dice_train(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor | None, eps: float):
     """Dice of ``x`` ``[N, C]`` with batch statistics over the rows of ``weight`` (float ``[N, 1]``,
     None: all rows): returns ``y [N, C]`` (x's dtype), the batch ``mean`` and biased ``var`` ``[C]``."""
-    return _DiceTrain.apply(x, alpha, weight, eps)
+    budget = DICE_CHUNK_BYTES_CPU if x.device.type == "cpu" else DICE_CHUNK_BYTES_GPU
+    chunk_rows = max(1, min(x.shape[0], budget // (4 * max(1, x.shape[1]))))
+    return _DiceTrain.apply(x, alpha, weight, eps, chunk_rows)

@@ -138,7 +138,8 @@ class TargetAttention(nn.Module):
     where ``e_t`` are the behaviours and ``e_a`` the candidate ad. The weights are not normalised
     (the paper keeps the intensity of the user's interest). The first Linear is applied without
     building the ``[B, L, 4E]`` concatenation: ``W [k, q, k - q, k * q] = (W_1 + W_3) k +
-    (W_2 - W_3) q + W_4 (k * q)``, the ``q`` term once per row.
+    (W_2 - W_3) q + W_4 (k * q)``, the ``q`` term once per row and the two ``k`` terms as one
+    batched product ``k (W_1 + W_3 + W_4 diag(q))^T`` per row (no ``[B, L, E]`` product ``k * q``).
 
     Args:
         dim: ``E``, the width of a behaviour and of the candidate.
@@ -172,8 +173,9 @@ class TargetAttention(nn.Module):
         w = first.weight  # (U, 4E)
         w_key = w[:, :e] + w[:, 2 * e:3 * e]  # (U, E)
         w_query = w[:, e:2 * e] - w[:, 2 * e:3 * e]  # (U, E)
-        q = query.unsqueeze(1)  # (B, 1, E)
-        h = F.linear(keys, w_key) + F.linear(keys * q, w[:, 3 * e:]) + F.linear(q, w_query, first.bias)  # (B, L, U)
+        # k W_key^T + (k * q) W_4^T = k (W_key^T + diag(q) W_4^T): one batched product per row
+        per_row = torch.addcmul(w_key.t(), query.unsqueeze(2), w[:, 3 * e:].t())  # (B, E, U)
+        h = torch.baddbmm(F.linear(query, w_query, first.bias).unsqueeze(1), keys, per_row)  # (B, L, U)
         act = self.activations[0]
         h = act(h, mask) if isinstance(act, Dice) else act(h)
         for linear, act in zip(self.linears[1:], self.activations[1:]):
