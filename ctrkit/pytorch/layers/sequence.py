@@ -272,6 +272,14 @@ class _GatedRecurrence(torch.autograd.Function):
         return d_projected, d_gate if ctx.needs_input_grad[1] else None, d_weight, d_bias
 
 
+def _tanh(x: torch.Tensor) -> torch.Tensor:
+    """``tanh(x) = 2 sigmoid(2x) - 1``: torch's CPU ``tanh`` is ~5x slower than its ``sigmoid``
+    (per GRU step, ``[B, H]``); the same values up to rounding (absolute error ~1 ulp of 1)."""
+    if x.device.type != "cpu" or _fused.exporting():
+        return torch.tanh(x)
+    return torch.sigmoid(2.0 * x).mul_(2.0).sub_(1.0)
+
+
 def gated_step(xp: torch.Tensor, g: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
     """One step of the :class:`GRU` recurrence for the whole batch: ``xp`` ``[B, 3H]`` (the input
     projection), ``g`` ``[B, 1]``, ``h`` ``[B, H]`` -> ``(h', r, u0, n, hn)``, each ``[B, H]``."""
@@ -280,7 +288,7 @@ def gated_step(xp: torch.Tensor, g: torch.Tensor, h: torch.Tensor, weight: torch
     r = torch.sigmoid(xp[:, :hd] + hp[:, :hd])
     u0 = torch.sigmoid(xp[:, hd:2 * hd] + hp[:, hd:2 * hd])
     hn = hp[:, 2 * hd:]
-    n = torch.tanh(torch.addcmul(xp[:, 2 * hd:], r, hn))
+    n = _tanh(torch.addcmul(xp[:, 2 * hd:], r, hn))
     return torch.addcmul(h, u0 * g, n - h), r, u0, n, hn  # h' (B, H)
 
 
