@@ -349,18 +349,24 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def call(self, x):
         fields = x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
-        kernels = list(self._projections().values())
-        weight = tf.concat(kernels, axis=1)  # (d, (3|4) * H*d')
-        y = tf.reshape(tf.matmul(tf.reshape(x, (-1, self.input_dim)), weight),
-                       (-1, fields, len(kernels), self.num_heads, self.attention_dim))  # (B, F, P, H, d')
-        q, k, v = y[:, :, 0], y[:, :, 1], y[:, :, 2]  # (B, F, H, d') each
-        scores = tf.einsum("bfhd,bghd->bhfg", q, k)  # (B, H, F, F)
+        rows = tf.reshape(x, (-1, self.input_dim))  # (B*F, d)
+
+        def project(kernel):
+            return tf.reshape(tf.matmul(rows, kernel), (-1, fields, self.output_dim))  # (B, F, H*d')
+
+        def heads(y):
+            return tf.stack(tf.split(y, self.num_heads, axis=2))  # (H, B, F, d')
+
+        # heads split and stacked, not einsum's transposes: TF's CPU transposes of [B, F, H, d']
+        # and their gradients made this layer 2.2x slower (3 layers fwd+bwd, B=4096: 611 vs 273 ms)
+        q, k, v = heads(project(self.query)), heads(project(self.key)), heads(project(self.value))
+        scores = tf.matmul(q, k, transpose_b=True)  # (H, B, F, F)
         if self.scaled:
             scores = scores * tf.cast(1.0 / math.sqrt(self.attention_dim), scores.dtype)
-        attn = tf.cast(tf.nn.softmax(tf.cast(scores, widened(scores.dtype)), axis=-1), v.dtype)  # (B, H, F, F)
-        out = tf.reshape(tf.einsum("bhfg,bghd->bfhd", attn, v), (-1, fields, self.output_dim))  # (B, F, H*d')
+        attn = tf.cast(tf.nn.softmax(tf.cast(scores, widened(scores.dtype)), axis=-1), v.dtype)  # (H, B, F, F)
+        out = tf.concat(tf.unstack(tf.matmul(attn, v), num=self.num_heads), axis=-1)  # (B, F, H*d')
         if self.use_residual:
-            out = out + tf.reshape(y[:, :, 3], (-1, fields, self.output_dim))  # (B, F, H*d')
+            out = out + project(self.residual)  # (B, F, H*d')
         return tf.nn.relu(out)
 
     def torch_parameters(self) -> TorchParameters:
