@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ctrkit.pytorch.layers import (
+    BilinearInteraction,
     CompressedInteractionNetwork,
     CrossNet,
     Dice,
@@ -112,6 +113,17 @@ def test_self_attention_matches_reference(use_residual, scaled):
         )
 
 
+@pytest.mark.parametrize("bilinear_type", ["field_all", "field_each", "field_interaction"])
+def test_pair_bilinear_matches_reference_and_gradcheck(bilinear_type):
+    torch.manual_seed(0)
+    layer = BilinearInteraction(5, 3, bilinear_type).double()
+    x = torch.randn(4, 5, 3, dtype=torch.float64, requires_grad=True)
+    _assert_same_function(layer, x)
+    weight = layer.matrices.weight.detach().view(layer.groups, 3, 3).clone().requires_grad_()
+    per_pair = bilinear_type == "field_interaction"
+    assert torch.autograd.gradcheck(lambda x, w: _fused.pair_bilinear(x, w, per_pair), (x, weight))
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_dice_train_gradcheck(masked):
     torch.manual_seed(0)
@@ -153,6 +165,8 @@ def test_fused_blocks_under_bf16_autocast_track_fp32():
         MultiHeadSelfAttention(16, attention_dim=8, num_heads=2),
         FactorizationMachine(),
         Dice(16),
+        BilinearInteraction(39, 16, "field_interaction"),
+        BilinearInteraction(39, 16, "field_each"),
     ]
     for block in blocks:
         x32 = x.clone().requires_grad_()

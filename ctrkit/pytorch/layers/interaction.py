@@ -625,6 +625,8 @@ class BilinearInteraction(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.embed_dim
         w = self.matrices.weight.view(self.groups, d, d)  # (G, D_out, D_in)
+        if not _fused.exporting():
+            return _fused.pair_bilinear(x, w, self.bilinear_type == "field_interaction")  # (B, P, D)
         if self.bilinear_type == "field_all":
             left = F.linear(x, w[0])[:, self.rows]  # (B, P, D)
         elif self.bilinear_type == "field_each":
