@@ -203,17 +203,22 @@ def test_saved_keras_file_with_the_new_blocks_reloads_without_custom_objects(tmp
             kl.BilinearInteraction} <= kinds
 
 
+# the output dtype under mixed_bfloat16: float32 where the float32 input's residual/product is
+# promoted (as torch's addcmul / mul); bf16 for the bilinear layer, whose products both run in bf16
+# (as torch's _fused.pair_bilinear under autocast: the next layer's GEMM would round them anyway)
 BF16 = [
-    ("crossnet_v2", lambda p: kl.CrossNetV2(8, 2, dtype=p), lambda: float_input(16, 8)),
-    ("crossnet_mix", lambda p: kl.CrossNetMix(8, 2, low_rank=3, num_experts=2, dtype=p), lambda: float_input(16, 8)),
-    ("senet", lambda p: kl.SqueezeExcitation(6, 2, dtype=p), lambda: float_input(16, 6, 4)),
-    ("bilinear", lambda p: kl.BilinearInteraction(4, 4, "field_interaction", dtype=p), lambda: float_input(16, 4, 4)),
+    ("crossnet_v2", lambda p: kl.CrossNetV2(8, 2, dtype=p), lambda: float_input(16, 8), tf.float32),
+    ("crossnet_mix", lambda p: kl.CrossNetMix(8, 2, low_rank=3, num_experts=2, dtype=p), lambda: float_input(16, 8),
+     tf.float32),
+    ("senet", lambda p: kl.SqueezeExcitation(6, 2, dtype=p), lambda: float_input(16, 6, 4), tf.float32),
+    ("bilinear", lambda p: kl.BilinearInteraction(4, 4, "field_interaction", dtype=p), lambda: float_input(16, 4, 4),
+     tf.bfloat16),
 ]
 
 
-@pytest.mark.parametrize("name, make, make_input", BF16, ids=[b[0] for b in BF16])
-def test_mixed_bfloat16_keeps_float32_variables_and_outputs_close_to_float32(name, make, make_input):
-    """As torch autocast: the GEMMs in bf16, the float32 input's residual/product in float32."""
+@pytest.mark.parametrize("name, make, make_input, out_dtype", BF16, ids=[b[0] for b in BF16])
+def test_mixed_bfloat16_keeps_float32_variables_and_outputs_close_to_float32(name, make, make_input, out_dtype):
+    """As torch autocast: float32 variables, the GEMMs in bf16, the output close to float32's."""
     full, mixed = make("float32"), make("mixed_bfloat16")
     randomise_tf(full)
     parity.torch_state_to_tf(mixed, parity.tf_to_torch_state(full))
@@ -221,10 +226,11 @@ def test_mixed_bfloat16_keeps_float32_variables_and_outputs_close_to_float32(nam
     x = tf.constant(make_input())
     expected = full(x).numpy()
     out = mixed(x)
-    assert out.dtype == tf.float32  # promoted with the float32 input, as torch's addcmul / mul
-    assert not np.allclose(out.numpy(), expected, rtol=1e-6, atol=1e-6)  # the bf16 GEMMs did run
+    assert out.dtype == out_dtype
+    out = tf.cast(out, tf.float32).numpy()
+    assert not np.allclose(out, expected, rtol=1e-6, atol=1e-6)  # the bf16 GEMMs did run
     scale = np.abs(expected).max()
-    np.testing.assert_allclose(out.numpy(), expected, atol=0.03 * scale, rtol=0.03)
+    np.testing.assert_allclose(out, expected, atol=0.03 * scale, rtol=0.03)
 
 
 def test_onn_interaction_keeps_the_input_dtype_under_mixed_bfloat16():

@@ -590,8 +590,9 @@ class BilinearInteraction(nn.Module):
     ``nn.Linear``). ``field_each`` has ``F - 1`` matrices: the last field is never the left one.
     The G matrices are the blocks of a bias-free kernel-size-1 ``nn.Conv1d(G*D, G*D, groups=G)``
     (``matrices``; its weight is ``[G*D, D, 1]``, block ``g`` = ``W_g``), each Xavier-normal as a
-    ``D x D`` matrix; the forward contracts them with one batched product on the ``F`` (or ``P``)
-    fields that need them, then gathers the pairs.
+    ``D x D`` matrix. The forward computes the pairs by row field (:func:`_fused.pair_bilinear`:
+    ``F - 1`` small GEMMs, no gathers); under autocast both products and the output are bf16.
+    Exporters trace the gathered form below.
 
     Args:
         num_fields: ``F`` (>= 2).
