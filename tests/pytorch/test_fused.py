@@ -19,6 +19,7 @@ from ctrkit.pytorch.layers import (
     EmbeddingTable,
     FactorizationMachine,
     MultiHeadSelfAttention,
+    OperationAwareInteraction,
 )
 from ctrkit.pytorch.layers import _fused
 from ctrkit.pytorch.layers.embedding import _GatherRows
@@ -122,6 +123,15 @@ def test_pair_bilinear_matches_reference_and_gradcheck(bilinear_type):
     weight = layer.matrices.weight.detach().view(layer.groups, 3, 3).clone().requires_grad_()
     per_pair = bilinear_type == "field_interaction"
     assert torch.autograd.gradcheck(lambda x, w: _fused.pair_bilinear(x, w, per_pair), (x, weight))
+
+
+@pytest.mark.parametrize("product", ["inner", "hadamard"])
+def test_operation_aware_matches_reference_and_gradcheck(product):
+    torch.manual_seed(0)
+    layer = OperationAwareInteraction(4, 3, product).double()
+    x = torch.randn(5, 4, 12, dtype=torch.float64, requires_grad=True)
+    _assert_same_function(layer, x)
+    assert torch.autograd.gradcheck(lambda v: _fused.operation_aware(v.reshape(5, 4, 4, 3), product == "inner"), (x,))
 
 
 @pytest.mark.parametrize("masked", [False, True])

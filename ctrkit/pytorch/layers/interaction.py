@@ -694,6 +694,8 @@ class OperationAwareInteraction(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f, p, d = self.num_fields, self.num_pairs, self.embed_dim
+        if not _fused.exporting():
+            return _fused.operation_aware(x.reshape(x.shape[0], f, f, d), self.product == "inner")  # (B, output_dim)
         e = x.reshape(x.shape[0], f * f, d)[:, self.blocks]  # (B, F + 2P, D)
         copy, left, right = e[:, :f], e[:, f:f + p], e[:, f + p:]  # (B, F, D), (B, P, D), (B, P, D)
         products = left * right  # (B, P, D)
