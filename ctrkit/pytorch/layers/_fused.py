@@ -597,7 +597,7 @@ class _PairBilinear(torch.autograd.Function):
             batch, fields, d = xc.shape
             out = xc.new_empty(batch, fields * (fields - 1) // 2, d)  # (B, P, D)
             for i, start, stop in _row_groups(fields):
-                left = _pair_left(xc[:, i], wc, i, start, stop, per_pair)  # (B, n, D) or (B, 1, D)
+                left = torch.mm(xc[:, i], _row_matrix(wc, i, start, stop, per_pair)).view(batch, -1, d)  # (B, n|1, D)
                 torch.mul(left, xc[:, i + 1:], out=out[:, start:stop])
         ctx.save_for_backward(x, weight)
         ctx.per_pair = per_pair
@@ -617,22 +617,18 @@ class _PairBilinear(torch.autograd.Function):
             d_w = torch.zeros(weight.shape, dtype=acc, device=x.device)  # (G, D_out, D_in)
             for i, start, stop in _row_groups(fields):
                 g = grad[:, start:stop]  # (B, n, D)
-                xi, right = xc[:, i], xc[:, i + 1:]  # (B, D), (B, n, D)
-                left = _pair_left(xi, wc, i, start, stop, per_pair)
-                d_x[:, i + 1:] += g * left
-                d_left = g * right  # (B, n, D)
-                n = stop - start
+                xi = xc[:, i]  # (B, D)
+                mat = _row_matrix(wc, i, start, stop, per_pair)  # (D_in, n*D_out | D_out)
+                d_x[:, i + 1:] += g * torch.mm(xi, mat).view(batch, -1, d)  # d right = g * left
+                d_left = g * xc[:, i + 1:]  # (B, n, D)
+                # one matrix per pair: the left factors are [B, n*D]; one shared matrix: they broadcast
+                d_left = d_left.reshape(batch, -1) if per_pair else d_left.sum(1)  # (B, n*D_out | D_out)
+                d_mat = torch.mm(xi.t(), d_left).to(acc)  # (D_in, n*D_out | D_out)
                 if per_pair:
-                    mats = _pair_mats(wc, start, stop)  # (D_in, n*D_out)
-                    flat = d_left.reshape(batch, n * d)  # (B, n*D_out)
-                    d_mats = torch.mm(xi.t(), flat).to(acc)  # (D_in, n*D_out)
-                    d_w[start:stop] = d_mats.view(d, n, d).permute(1, 2, 0)
-                    d_x[:, i] += torch.mm(flat, mats.t())
+                    d_w[start:stop] = d_mat.view(d, stop - start, d).permute(1, 2, 0)
                 else:
-                    group = 0 if wc.shape[0] == 1 else i
-                    summed = d_left.sum(1)  # (B, D_out)
-                    d_w[group] += torch.mm(summed.t(), xi).to(acc)  # (D_out, D_in)
-                    d_x[:, i] += torch.mm(summed, wc[group])
+                    d_w[_row_group(wc, i)] += d_mat.t()
+                d_x[:, i] += torch.mm(d_left, mat.t())
         return d_x.to(x.dtype), d_w.to(weight.dtype), None
 
 
@@ -645,18 +641,18 @@ def _row_groups(fields: int):
         start = stop
 
 
-def _pair_mats(weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """The matrices of pairs ``start..stop`` side by side for ``x_i @ M``: ``[D_in, n * D_out]``."""
+def _row_group(weight: torch.Tensor, i: int) -> int:
+    """The one matrix of row field ``i`` without per-pair matrices: field_each's ``i``, field_all's 0."""
+    return 0 if weight.shape[0] == 1 else i
+
+
+def _row_matrix(weight: torch.Tensor, i: int, start: int, stop: int, per_pair: bool) -> torch.Tensor:
+    """``M`` with ``x_i @ M`` the left factors of row ``i``'s pairs: the matrices of pairs
+    ``start..stop`` side by side, ``[D_in, n * D_out]`` (per pair), or the row's one ``W^T``."""
+    if not per_pair:
+        return weight[_row_group(weight, i)].t()  # (D_in, D_out)
     n, d_out, d_in = stop - start, weight.shape[1], weight.shape[2]
     return weight[start:stop].permute(2, 0, 1).reshape(d_in, n * d_out)
-
-
-def _pair_left(xi, weight, i, start, stop, per_pair):
-    """Left factors ``W x_i`` of row ``i``'s pairs: ``[B, n, D]`` (one matrix per pair) or ``[B, 1, D]``."""
-    if per_pair:
-        return torch.mm(xi, _pair_mats(weight, start, stop)).view(xi.shape[0], stop - start, weight.shape[1])
-    group = 0 if weight.shape[0] == 1 else i
-    return torch.mm(xi, weight[group].t()).unsqueeze(1)
 
 
 def pair_bilinear(x: torch.Tensor, weight: torch.Tensor, per_pair: bool) -> torch.Tensor:
