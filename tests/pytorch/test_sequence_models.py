@@ -197,19 +197,46 @@ def test_gradients_of_the_blocks_match_their_references():
     assert torch.autograd.gradcheck(lambda v: gru(v, mask[:2, :3]), (x,))
 
 
+def _recurrence_inputs(dtype, batch=3, length=5, hd=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    projected = torch.randn(length, batch, 3 * hd, generator=g, dtype=dtype)
+    gate = torch.rand(length, batch, generator=g, dtype=dtype)
+    gate[1, 0] = 0.0  # a padded step
+    weight = torch.randn(3 * hd, hd, generator=g, dtype=dtype)
+    bias = torch.randn(3 * hd, generator=g, dtype=dtype)
+    return [t.requires_grad_() for t in (projected, gate, weight, bias)]
+
+
 def test_gated_recurrence_backward_passes_gradcheck():
-    """The hand-written backward of the GRU/AUGRU recurrence against finite differences, gate included."""
+    """The hand-written backward of the GRU/AUGRU recurrence against finite differences, gate included
+    (float64: the torch step functions)."""
     from ctrkit.pytorch.layers.sequence import _GatedRecurrence
 
-    g = torch.Generator().manual_seed(0)
-    batch, length, hd = 3, 5, 2
-    projected = torch.randn(batch, length, 3 * hd, generator=g, dtype=torch.float64, requires_grad=True)
-    gate = torch.rand(batch, length, 1, generator=g, dtype=torch.float64)
-    gate[0, 1] = 0.0  # a padded step
-    gate.requires_grad_()
-    weight = torch.randn(3 * hd, hd, generator=g, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(3 * hd, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_GatedRecurrence.apply, (projected, gate, weight, bias))
+    assert torch.autograd.gradcheck(_GatedRecurrence.apply, tuple(_recurrence_inputs(torch.float64)))
+
+
+def test_gated_recurrence_c_kernels_match_the_torch_steps(monkeypatch):
+    """The C step kernels (float32) compute the same states and gradients as the gradchecked torch
+    steps, at a width and batch that use the compiler's vector and remainder loops."""
+    from ctrkit import native
+    from ctrkit.pytorch.layers.sequence import _GatedRecurrence
+
+    if native.library("gated_recurrence") is None:
+        pytest.skip("no C compiler on this machine: the torch steps are the only path (covered above)")
+    inputs = _recurrence_inputs(torch.float32, batch=37, length=9, hd=21, seed=1)
+    inputs[0].data.mul_(3.0)  # saturating gates too
+    grad = torch.randn(9, 37, 21)
+
+    def run():
+        states = _GatedRecurrence.apply(*inputs)
+        return [states, *torch.autograd.grad(states, inputs, grad)]
+
+    with_c = run()
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    assert native.library("gated_recurrence") is None
+    with_torch = run()
+    for got, want in zip(with_c, with_torch):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 # -- the models --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctrkit import native
 from ctrkit.pytorch.layers import _fused
 from ctrkit.pytorch.layers._checks import check_int, check_units
 from ctrkit.pytorch.layers.embedding import Bias, FieldEmbedding
@@ -212,8 +213,61 @@ class TargetAttention(nn.Module):
         return out
 
 
+def _forward_step_torch(xp, hp, bias, gate, h, h_new, gates) -> None:
+    """One forward step of :class:`_GatedRecurrence` with torch operations, written into ``h_new``
+    ``[B, H]`` and ``gates`` ``[B, 3H]`` = ``(r, u0, n)``; ``xp`` ``[B, 3H]``, ``hp`` ``[B, 3H]`` holds
+    ``W_h h`` and gets ``bias`` ``[3H]`` added in place, ``gate`` ``[B]``, ``h`` ``[B, H]``. The same
+    function as ``ctrkit_gru_forward`` in ``ctrkit/native/gated_recurrence.c``."""
+    hd = h.shape[1]
+    hp += bias
+    torch.sigmoid(xp[:, :2 * hd] + hp[:, :2 * hd], out=gates[:, :2 * hd])  # (B, 2H): r, u0
+    r, u0 = gates[:, :hd], gates[:, hd:2 * hd]
+    gates[:, 2 * hd:] = _tanh(torch.addcmul(xp[:, 2 * hd:], r, hp[:, 2 * hd:]))  # n (B, H)
+    torch.addcmul(h, u0 * gate.unsqueeze(1), gates[:, 2 * hd:] - h, out=h_new)
+
+
+def _backward_step_torch(dh_carried, grad_step, gates, hp, gate, h_prev, d_hp, d_xp, gate_terms, dh_keep) -> None:
+    """One backward step of :class:`_GatedRecurrence` with torch operations (see its docstring), the
+    same function as ``ctrkit_gru_backward``: writes ``d_hp``, ``d_xp`` ``[B, 3H]``, ``gate_terms``
+    and ``dh_keep`` ``[B, H]``."""
+    hd = h_prev.shape[1]
+    dh = dh_carried + grad_step  # (B, H)
+    r, u0, n, hn = gates[:, :hd], gates[:, hd:2 * hd], gates[:, 2 * hd:], hp[:, 2 * hd:]
+    g = gate.unsqueeze(1)
+    u = u0 * g
+    du = dh * (n - h_prev)
+    torch.mul(du, u0, out=gate_terms)
+    d_hp[:, hd:2 * hd] = du * g * u0 * (1 - u0)
+    d_an = dh * u * (1 - n * n)
+    d_hp[:, :hd] = d_an * hn * r * (1 - r)
+    torch.mul(d_an, r, out=d_hp[:, 2 * hd:])
+    d_xp[:, :2 * hd] = d_hp[:, :2 * hd]
+    d_xp[:, 2 * hd:] = d_an
+    torch.mul(dh, 1 - u, out=dh_keep)
+
+
+def _step_functions(projected: torch.Tensor):
+    """``(forward_step, backward_step)`` for this recurrence: the C kernels of
+    :mod:`ctrkit.native` for float32 on CPU where they could be built, else the torch ones."""
+    lib = native.library("gated_recurrence") if (
+        projected.dtype == torch.float32 and projected.device.type == "cpu") else None
+    if lib is None:
+        return _forward_step_torch, _backward_step_torch
+
+    def forward_step(xp, hp, bias, gate, h, h_new, gates):
+        lib.ctrkit_gru_forward(h.shape[0], h.shape[1], xp.data_ptr(), xp.stride(0), hp.data_ptr(), bias.data_ptr(),
+                               gate.data_ptr(), gate.stride(0), h.data_ptr(), h_new.data_ptr(), gates.data_ptr())
+
+    def backward_step(dh_carried, grad_step, gates, hp, gate, h_prev, d_hp, d_xp, gate_terms, dh_keep):
+        lib.ctrkit_gru_backward(h_prev.shape[0], h_prev.shape[1], dh_carried.data_ptr(), grad_step.data_ptr(),
+                                gates.data_ptr(), hp.data_ptr(), gate.data_ptr(), gate.stride(0), h_prev.data_ptr(),
+                                d_hp.data_ptr(), d_xp.data_ptr(), gate_terms.data_ptr(), dh_keep.data_ptr())
+
+    return forward_step, backward_step
+
+
 class _GatedRecurrence(torch.autograd.Function):
-    """The :class:`GRU` recurrence over all steps, with a hand-written backward pass.
+    """The :class:`GRU` recurrence over all steps, time-major, with a hand-written backward pass.
 
     Forward, per step: ``hp = W_h h + b_h``; ``r = sigmoid(xr + hr)``, ``u0 = sigmoid(xu + hu)``,
     ``n = tanh(xn + r * hn)``, ``h' = h + g u0 (n - h)``. Backward, per step from the last, with
@@ -223,53 +277,56 @@ class _GatedRecurrence(torch.autograd.Function):
         dn = dh g u0 (1 - n^2) = d(xn + r hn)            dhn = dn r     d(xr + hr) = dn hn r (1 - r)
         dh_prev = dh (1 - g u0) + [d(xr+hr), d(xu+hu), dhn] W_h
 
-    and ``dW_h``, ``db_h`` accumulated over the steps. Autograd of the same loop records ~12
-    operations per step and replays them one by one; here each step is a few fused tensor
-    expressions and two small GEMMs. Gradchecked in ``tests/pytorch/test_sequence_models.py``.
+    and, after the loop, ``dW_h = sum_t dhp_t^T h_{t-1}`` as one GEMM over all steps and ``db_h``
+    as one sum. Each step is one GEMM and one pass of gate arithmetic each way: the C kernels of
+    ``ctrkit/native/gated_recurrence.c`` for float32 on CPU (a step's ~30 tiny torch operations
+    cost more in dispatch than in arithmetic), else the same arithmetic in torch operations
+    (:func:`_forward_step_torch`, :func:`_backward_step_torch`). Time-major buffers keep every
+    per-step block contiguous. Gradchecked in ``tests/pytorch/test_sequence_models.py``; the C and
+    torch steps are compared there too.
 
-    Shapes: ``projected`` ``[B, L, 3H]`` (``[W_ir; W_iu; W_in] x + b_i``), ``gate`` ``[B, L, 1]``,
-    ``weight`` ``[3H, H]``, ``bias`` ``[3H]`` -> states ``[B, L, H]``.
+    Shapes: ``projected`` ``[L, B, 3H]`` (``[W_ir; W_iu; W_in] x + b_i``), ``gate`` ``[L, B]``,
+    ``weight`` ``[3H, H]``, ``bias`` ``[3H]`` -> states ``[L, B, H]``.
     """
 
     @staticmethod
     def forward(ctx, projected, gate, weight, bias):
-        batch, length, three_h = projected.shape
+        length, batch, three_h = projected.shape
         hd = three_h // 3
+        forward_step, _ = _step_functions(projected)
+        projected, gate = projected.contiguous(), gate.contiguous()
+        states = projected.new_empty(length, batch, hd)
+        hidden = projected.new_empty(length, batch, three_h)  # W_h h_{t-1} + b_h
+        gates = projected.new_empty(length, batch, three_h)  # r, u0, n
         h = projected.new_zeros(batch, hd)
-        states, r_all, u_all, n_all, hn_all = (projected.new_empty(batch, length, hd) for _ in range(5))
+        weight_t, bias = weight.t(), bias.contiguous()
         for t in range(length):
-            h, r, u0, n, hn = gated_step(projected[:, t], gate[:, t], h, weight, bias)
-            states[:, t], r_all[:, t], u_all[:, t], n_all[:, t], hn_all[:, t] = h, r, u0, n, hn
-        ctx.save_for_backward(gate, weight, states, r_all, u_all, n_all, hn_all)
+            torch.mm(h, weight_t, out=hidden[t])  # (B, 3H); the step adds the bias
+            forward_step(projected[t], hidden[t], bias, gate[t], h, states[t], gates[t])
+            h = states[t]
+        ctx.save_for_backward(gate, weight, states, hidden, gates)
         return states
 
     @staticmethod
     def backward(ctx, grad_states):
-        gate, weight, states, r_all, u_all, n_all, hn_all = ctx.saved_tensors
-        batch, length, hd = states.shape
-        d_projected = grad_states.new_empty(batch, length, 3 * hd)
-        d_gate = grad_states.new_empty(batch, length, 1)
-        d_weight = torch.zeros_like(weight)
-        d_bias = weight.new_zeros(3 * hd)
-        dh = grad_states.new_zeros(batch, hd)
+        gate, weight, states, hidden, gates = ctx.saved_tensors
+        length, batch, hd = states.shape
+        _, backward_step = _step_functions(states)
+        grad_states = grad_states.contiguous()
+        d_hidden = grad_states.new_empty(length, batch, 3 * hd)
+        d_projected = grad_states.new_empty(length, batch, 3 * hd)
+        gate_terms = grad_states.new_empty(length, batch, hd)  # du * u0
         zeros = grad_states.new_zeros(batch, hd)
+        dh, dh_keep = zeros.clone(), grad_states.new_empty(batch, hd)
         for t in reversed(range(length)):
-            dh = dh + grad_states[:, t]
-            h_prev = states[:, t - 1] if t else zeros
-            r, u0, n, hn, g = r_all[:, t], u_all[:, t], n_all[:, t], hn_all[:, t], gate[:, t]
-            u = u0 * g
-            du = dh * (n - h_prev)
-            d_gate[:, t] = (du * u0).sum(1, keepdim=True)
-            d_au = du * g * u0 * (1 - u0)
-            d_an = dh * u * (1 - n * n)
-            d_ar = d_an * hn * r * (1 - r)
-            d_hp = torch.cat([d_ar, d_au, d_an * r], dim=1)  # (B, 3H)
-            d_projected[:, t, :2 * hd] = d_hp[:, :2 * hd]
-            d_projected[:, t, 2 * hd:] = d_an
-            d_weight.addmm_(d_hp.t(), h_prev)
-            d_bias += d_hp.sum(0)
-            dh = torch.addmm(dh * (1 - u), d_hp, weight)
-        return d_projected, d_gate if ctx.needs_input_grad[1] else None, d_weight, d_bias
+            backward_step(dh, grad_states[t], gates[t], hidden[t], gate[t], states[t - 1] if t else zeros,
+                          d_hidden[t], d_projected[t], gate_terms[t], dh_keep)
+            dh = torch.addmm(dh_keep, d_hidden[t], weight)  # (B, H)
+        # h_0 = 0: the first step adds nothing to dW_h
+        d_weight = d_hidden[1:].reshape(-1, 3 * hd).t() @ states[:-1].reshape(-1, hd)  # (3H, H)
+        d_bias = d_hidden.sum((0, 1))
+        d_gate = gate_terms.sum(-1) if ctx.needs_input_grad[1] else None  # (L, B)
+        return d_projected, d_gate, d_weight, d_bias
 
 
 def _tanh(x: torch.Tensor) -> torch.Tensor:
@@ -281,27 +338,26 @@ def _tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 def gated_step(xp: torch.Tensor, g: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
-    """One step of the :class:`GRU` recurrence for the whole batch: ``xp`` ``[B, 3H]`` (the input
-    projection), ``g`` ``[B, 1]``, ``h`` ``[B, H]`` -> ``(h', r, u0, n, hn)``, each ``[B, H]``."""
+    """One step of the :class:`GRU` recurrence as plain operations (no in-place writes): ``xp``
+    ``[B, 3H]`` (the input projection), ``g`` ``[B, 1]``, ``h`` ``[B, H]`` -> ``h'`` ``[B, H]``."""
     hd = h.shape[1]
     hp = torch.addmm(bias, h, weight.t())  # (B, 3H)
     r = torch.sigmoid(xp[:, :hd] + hp[:, :hd])
     u0 = torch.sigmoid(xp[:, hd:2 * hd] + hp[:, hd:2 * hd])
-    hn = hp[:, 2 * hd:]
-    n = _tanh(torch.addcmul(xp[:, 2 * hd:], r, hn))
-    return torch.addcmul(h, u0 * g, n - h), r, u0, n, hn  # h' (B, H)
+    n = _tanh(torch.addcmul(xp[:, 2 * hd:], r, hp[:, 2 * hd:]))
+    return torch.addcmul(h, u0 * g, n - h)  # (B, H)
 
 
 def traceable_recurrence(projected: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
                          bias: torch.Tensor) -> torch.Tensor:
     """:class:`_GatedRecurrence`'s forward as plain operations (no autograd Function, no in-place
-    writes), for tracing and export: ``[B, L, 3H]``, ``[B, L, 1]`` -> states ``[B, L, H]``."""
-    h = projected.new_zeros(projected.shape[0], weight.shape[1])
+    writes), for tracing and export: ``[L, B, 3H]``, ``[L, B]`` -> states ``[L, B, H]``."""
+    h = projected.new_zeros(projected.shape[1], weight.shape[1])
     states = []
-    for t in range(projected.shape[1]):
-        h = gated_step(projected[:, t], gate[:, t], h, weight, bias)[0]
+    for t in range(projected.shape[0]):
+        h = gated_step(projected[t], gate[t].unsqueeze(1), h, weight, bias)
         states.append(h)
-    return torch.stack(states, dim=1)  # (B, L, H)
+    return torch.stack(states, dim=0)  # (L, B, H)
 
 
 class GRU(nn.Module):
@@ -352,12 +408,14 @@ class GRU(nn.Module):
         (float32, or float64 in a float64 model) through :class:`_GatedRecurrence`, outside autocast.
         """
         state_dtype = _wide(self.hidden_linear.weight.dtype)
-        projected = self.input_linear(x).to(state_dtype)  # (B, L, 3H)
-        gate = gate.to(state_dtype).unsqueeze(-1)  # (B, L, 1)
+        # time-major from here on: every step reads and writes contiguous [B, *] blocks
+        projected = self.input_linear(x.transpose(0, 1)).to(state_dtype)  # (L, B, 3H)
+        gate = gate.to(state_dtype).t()  # (L, B)
         recurrence = traceable_recurrence if _fused.exporting() else _GatedRecurrence.apply
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return recurrence(projected, gate, self.hidden_linear.weight.to(state_dtype),
-                                          self.hidden_linear.bias.to(state_dtype))  # (B, L, H)
+            states = recurrence(projected, gate, self.hidden_linear.weight.to(state_dtype),
+                                self.hidden_linear.bias.to(state_dtype))  # (L, B, H)
+        return states.transpose(0, 1)  # (B, L, H)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.recur(x, mask)
