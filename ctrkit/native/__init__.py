@@ -1,8 +1,9 @@
 """Small C kernels, compiled on first use with the machine's C compiler and called through ctypes.
 
 Some hot loops of the models are a long run of tiny tensor operations (the gate arithmetic of a
-recurrence step on a ``[B, H]`` block) whose dispatch costs more than their arithmetic. They are
-written once in plain C (no Python or torch headers: a build takes about a second) and compiled
+recurrence step on a ``[B, H]`` block) whose dispatch costs more than their arithmetic, or a
+chain of passes over a block that one pass can do (Dice in training). They are
+written once in plain C (no Python or torch headers: a build takes a second or two) and compiled
 for this CPU (``-march=native``) into a per-user cache, keyed by the source, the compiler and the
 CPU, and written under a temporary name and renamed (several processes may build at once).
 
@@ -36,12 +37,23 @@ _COMMON_FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno")
 _CPU_FLAGS = (("-march=native",), ("-mcpu=native",), ())
 
 _I64 = ctypes.c_int64
+_F32 = ctypes.c_float
 _PTR = ctypes.c_void_p
-#: argument types of the exported functions, by library
+_STATUS = ctypes.c_int  # 0, or non-zero where a scratch allocation failed
+_DICE_FORWARD = (_STATUS, (_I64, _I64, _PTR, _PTR, _PTR, _F32, _PTR, _PTR, _PTR, _PTR))
+_DICE_BACKWARD = (_STATUS, (_I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _F32, _PTR, _PTR))
+#: ``(result type, argument types)`` of the exported functions, by library
 _SIGNATURES = {
+    "dice": {
+        "ctrkit_dice_forward_f32": _DICE_FORWARD,
+        "ctrkit_dice_forward_bf16": _DICE_FORWARD,
+        "ctrkit_dice_backward_f32": _DICE_BACKWARD,
+        "ctrkit_dice_backward_bf16": _DICE_BACKWARD,
+    },
     "gated_recurrence": {
-        "ctrkit_gru_forward": (_I64, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR),
-        "ctrkit_gru_backward": (_I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR),
+        "ctrkit_gru_forward": (None, (_I64, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR)),
+        "ctrkit_gru_backward": (None, (_I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR,
+                                       _PTR)),
     },
 }
 
@@ -90,7 +102,7 @@ def _build(name: str) -> Path:
     for cpu_flags in _CPU_FLAGS:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=target.parent)
         os.close(fd)
-        result = subprocess.run([compiler, *_COMMON_FLAGS, *cpu_flags, "-o", tmp, str(source)],
+        result = subprocess.run([compiler, *_COMMON_FLAGS, *cpu_flags, "-o", tmp, str(source), "-lm"],
                                 capture_output=True, text=True, timeout=300)
         if result.returncode == 0:
             os.replace(tmp, target)
@@ -113,7 +125,13 @@ def _load(name: str) -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("ctrkit: C kernels %r unavailable, using the torch implementation (%s)", name, exc)
         return None
-    for function, argtypes in _SIGNATURES[name].items():
+    for function, (restype, argtypes) in _SIGNATURES[name].items():
         getattr(lib, function).argtypes = argtypes
-        getattr(lib, function).restype = None
+        getattr(lib, function).restype = restype
     return lib
+
+
+def check(status: int, what: str) -> None:
+    """Raise ``MemoryError`` for a kernel's non-zero status (its only failure: a scratch allocation)."""
+    if status:
+        raise MemoryError(f"ctrkit C kernel {what}: could not allocate its scratch buffers")

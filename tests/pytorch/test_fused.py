@@ -151,6 +151,36 @@ def test_dice_train_gradcheck(masked):
         torch.autograd.grad(y.sum(), x, create_graph=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_dice_c_kernels_match_the_float64_torch_passes(dtype, masked):
+    """The C kernels (float32 and bfloat16 storage) against the gradchecked float64 torch passes, on a
+    block with more rows than one accumulation block and a width with a vector remainder."""
+    from ctrkit import native
+
+    if native.library("dice") is None:
+        pytest.skip("no C compiler on this machine: the torch passes are the only path (covered above)")
+    g = torch.Generator().manual_seed(3)
+    rows, channels = 700, 37
+    x64 = torch.randn(rows, channels, generator=g, dtype=torch.float64) * 2 + 0.5
+    alpha64 = torch.rand(channels, generator=g, dtype=torch.float64) - 0.5
+    upstream = torch.randn(rows, channels, generator=g, dtype=torch.float64)
+    weight = (torch.rand(rows, 1, generator=g) > 0.3).float() if masked else None
+
+    def run(x, alpha, w):
+        x, alpha = x.clone().requires_grad_(), alpha.clone().requires_grad_()
+        y, mean, var = _fused.dice_train(x, alpha, w, 1e-8)
+        dx, da = torch.autograd.grad(y, (x, alpha), upstream.to(y.dtype))
+        return [t.double() for t in (y, mean, var, dx, da)]
+
+    assert _fused._dice_kernels(x64.to(dtype)) is not None
+    got = run(x64.to(dtype), alpha64.float(), weight)
+    want = run(x64.to(dtype).double(), alpha64.float().double(), None if weight is None else weight.double())
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # bf16 stores y, dx with 8 significant bits
+    for name, a, b in zip(("y", "mean", "var", "dx", "dalpha"), got, want):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance * b.abs().max().item(), msg=name)
+
+
 def test_dice_training_gradients_match_the_reference():
     """The fused training node gives the outputs and gradients of eq. 5 written position by position."""
     torch.manual_seed(0)

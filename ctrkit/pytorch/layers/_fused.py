@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ctrkit import native
+
 #: bytes of the largest per-chunk temporary of the chunked CIN (fits in L2/L3 on CPU)
 CIN_CHUNK_BYTES_CPU = 2 << 20
 CIN_CHUNK_BYTES_GPU = 512 << 20
@@ -491,6 +493,11 @@ class _DiceTrain(torch.autograd.Function):
     chunk (two cheap passes in cache), the sigmoid is not (it is compute-bound on CPU). Arithmetic in
     the wide dtype (fp32 under bf16 autocast: the statistics and ``1 - p`` must not round to
     bf16). Also returns ``m`` and ``v`` (no gradient) for the running statistics.
+
+    On CPU, for float32 and bfloat16 ``x``, the same passes run as one C loop each
+    (``ctrkit/native/dice.c``: the forward reads ``x`` three times, the backward ``x``, ``g`` and
+    ``p`` twice, with no temporaries); elsewhere, or without a C compiler, as torch operations over
+    the chunks (:func:`_dice_forward_chunks`, :func:`_dice_backward_chunks`). The tests compare the two.
     """
 
     @staticmethod
@@ -501,15 +508,16 @@ class _DiceTrain(torch.autograd.Function):
             a = alpha.to(wide)  # (C,)
             w = None if weight is None else weight.to(wide)  # (N, 1)
             count = x.new_tensor(float(x.shape[0]), dtype=wide) if w is None else w.sum().clamp(min=1.0)
-            mean = sum(_weighted_sum(x[i:j].to(wide), w, i, j) for i, j in chunks) / count  # (C,)
-            var = sum(_weighted_sum((x[i:j].to(wide) - mean).square_(), w, i, j) for i, j in chunks) / count
-            rstd = torch.rsqrt(var + eps)  # (C,)
-            y = torch.empty_like(x)  # (N, C)
-            p = torch.empty(x.shape, dtype=wide, device=x.device)  # (N, C)
-            for i, j in chunks:
-                xc = x[i:j].to(wide)  # (n, C)
-                torch.sigmoid(_dice_z(xc, mean, rstd), out=p[i:j])
-                torch.mul(_dice_gate(p[i:j], a), xc, out=y[i:j])
+            kernels = _dice_kernels(x)
+            if kernels is not None:
+                x, w = x.contiguous(), None if w is None else w.contiguous()
+                y, p = torch.empty_like(x), torch.empty(x.shape, dtype=wide)  # (N, C) each
+                mean, var = a.new_empty(a.shape), a.new_empty(a.shape)  # (C,) each
+                native.check(kernels[0](x.shape[0], x.shape[1], x.data_ptr(), _address(w), a.data_ptr(), eps,
+                                        mean.data_ptr(), var.data_ptr(), p.data_ptr(), y.data_ptr()), "dice forward")
+                rstd = torch.rsqrt(var + eps)  # (C,)
+            else:
+                mean, var, rstd, p, y = _dice_forward_chunks(x, a, w, count, eps, chunks)
         ctx.save_for_backward(x, p, a, mean, rstd, count, w)
         ctx.meta = chunks, alpha.dtype
         ctx.mark_non_differentiable(mean, var)
@@ -520,28 +528,76 @@ class _DiceTrain(torch.autograd.Function):
     def backward(ctx, grad, _grad_mean, _grad_var):
         x, p_all, a, mean, rstd, count, w = ctx.saved_tensors
         chunks, alpha_dtype = ctx.meta
-        wide = a.dtype
-        with torch.autocast(x.device.type, enabled=False):
-            dz = torch.empty(x.shape, dtype=wide, device=x.device)  # (N, C)
-            grad_alpha, s1, s2 = torch.zeros_like(a), torch.zeros_like(a), torch.zeros_like(a)
-            for i, j in chunks:
-                xc, gc = x[i:j].to(wide), grad[i:j].to(wide)  # (n, C)
-                z, p = _dice_z(xc, mean, rstd), p_all[i:j]  # (n, C) each
-                gx = gc * xc  # (n, C); not in place: gc may be a view of grad
-                gxp = gx * p  # (n, C)
-                grad_alpha += gx.sum(0) - gxp.sum(0)  # sum g x (1 - p)
-                dzc = torch.addcmul(gxp, gxp, p, value=-1.0, out=dz[i:j]).mul_(1.0 - a)  # (1 - a) g x p (1 - p)
-                s1 += dzc.sum(0)
-                s2 += (dzc * z).sum(0)
-            dx = torch.empty_like(x)  # (N, C)
-            for i, j in chunks:
-                xc, gc = x[i:j].to(wide), grad[i:j].to(wide)  # (n, C)
-                z, gate = _dice_z(xc, mean, rstd), _dice_gate(p_all[i:j], a)  # (n, C) each
-                correction = torch.addcmul(s1, z, s2)  # (n, C): S1 + z S2
-                if w is not None:
-                    correction.mul_(w[i:j])
-                torch.addcmul(gate.mul_(gc).addcmul_(dz[i:j], rstd), correction, rstd / count, value=-1.0, out=dx[i:j])
+        kernels = _dice_kernels(x)
+        if kernels is not None:
+            grad = grad.to(x.dtype).contiguous()
+            dx, grad_alpha = torch.empty_like(x), torch.empty_like(a)  # (N, C), (C,)
+            native.check(kernels[1](x.shape[0], x.shape[1], x.data_ptr(), grad.data_ptr(), p_all.data_ptr(), _address(w),
+                                    a.data_ptr(), mean.data_ptr(), rstd.data_ptr(), count.item(), dx.data_ptr(),
+                                    grad_alpha.data_ptr()), "dice backward")
+            return dx, grad_alpha.to(alpha_dtype), None, None, None
+        dx, grad_alpha = _dice_backward_chunks(grad, x, p_all, a, mean, rstd, count, w, chunks)
         return dx, grad_alpha.to(alpha_dtype), None, None, None
+
+
+def _dice_forward_chunks(x, a, w, count, eps, chunks):
+    """:class:`_DiceTrain`'s forward with torch operations over row chunks: ``mean``, ``var``,
+    ``rstd`` ``[C]``, ``p`` (wide) and ``y`` ``[N, C]``."""
+    wide = a.dtype
+    mean = sum(_weighted_sum(x[i:j].to(wide), w, i, j) for i, j in chunks) / count  # (C,)
+    var = sum(_weighted_sum((x[i:j].to(wide) - mean).square_(), w, i, j) for i, j in chunks) / count
+    rstd = torch.rsqrt(var + eps)  # (C,)
+    y = torch.empty_like(x)  # (N, C)
+    p = torch.empty(x.shape, dtype=wide, device=x.device)  # (N, C)
+    for i, j in chunks:
+        xc = x[i:j].to(wide)  # (n, C)
+        torch.sigmoid(_dice_z(xc, mean, rstd), out=p[i:j])
+        torch.mul(_dice_gate(p[i:j], a), xc, out=y[i:j])
+    return mean, var, rstd, p, y
+
+
+def _dice_backward_chunks(grad, x, p_all, a, mean, rstd, count, w, chunks):
+    """:class:`_DiceTrain`'s backward with torch operations over row chunks: ``dx``, ``grad_alpha``."""
+    wide = a.dtype
+    with torch.autocast(x.device.type, enabled=False):
+        dz = torch.empty(x.shape, dtype=wide, device=x.device)  # (N, C)
+        grad_alpha, s1, s2 = torch.zeros_like(a), torch.zeros_like(a), torch.zeros_like(a)
+        for i, j in chunks:
+            xc, gc = x[i:j].to(wide), grad[i:j].to(wide)  # (n, C)
+            z, p = _dice_z(xc, mean, rstd), p_all[i:j]  # (n, C) each
+            gx = gc * xc  # (n, C); not in place: gc may be a view of grad
+            gxp = gx * p  # (n, C)
+            grad_alpha += gx.sum(0) - gxp.sum(0)  # sum g x (1 - p)
+            dzc = torch.addcmul(gxp, gxp, p, value=-1.0, out=dz[i:j]).mul_(1.0 - a)  # (1 - a) g x p (1 - p)
+            s1 += dzc.sum(0)
+            s2 += (dzc * z).sum(0)
+        dx = torch.empty_like(x)  # (N, C)
+        for i, j in chunks:
+            xc, gc = x[i:j].to(wide), grad[i:j].to(wide)  # (n, C)
+            z, gate = _dice_z(xc, mean, rstd), _dice_gate(p_all[i:j], a)  # (n, C) each
+            correction = torch.addcmul(s1, z, s2)  # (n, C): S1 + z S2
+            if w is not None:
+                correction.mul_(w[i:j])
+            torch.addcmul(gate.mul_(gc).addcmul_(dz[i:j], rstd), correction, rstd / count, value=-1.0, out=dx[i:j])
+    return dx, grad_alpha
+
+
+def _dice_kernels(x: torch.Tensor):
+    """``(forward, backward)`` C kernels of ``ctrkit/native/dice.c`` for ``x``'s dtype (float32,
+    bfloat16, on CPU), or ``None``: the torch chunks run instead (other dtypes and devices, export,
+    no C compiler, ``CTRKIT_NATIVE=0``)."""
+    suffix = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(x.dtype)
+    if suffix is None or x.device.type != "cpu" or x.dim() != 2 or exporting():
+        return None
+    lib = native.library("dice")
+    if lib is None:
+        return None
+    return getattr(lib, f"ctrkit_dice_forward_{suffix}"), getattr(lib, f"ctrkit_dice_backward_{suffix}")
+
+
+def _address(t: torch.Tensor | None) -> int | None:
+    """A tensor's data pointer for ctypes, ``None`` (NULL) for no tensor."""
+    return None if t is None else t.data_ptr()
 
 
 def _weighted_sum(rows: torch.Tensor, weight: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
