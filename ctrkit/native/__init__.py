@@ -92,7 +92,8 @@ def _build(name: str) -> Path:
     if compiler is None:
         raise OSError("no C compiler (cc, gcc or clang) on PATH")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([source.read_text(), compiler, version, _cpu_identity(),
+    texts = [path.read_text() for path in [source, *sorted(source.parent.glob("*.h"))]]  # the headers it may include
+    key = hashlib.sha256("\0".join([*texts, compiler, version, _cpu_identity(),
                                     " ".join(_COMMON_FLAGS)]).encode()).hexdigest()[:20]
     target = cache_dir() / f"{name}-{key}.so"
     if target.exists():

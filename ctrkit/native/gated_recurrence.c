@@ -24,33 +24,8 @@
  *     carried part of dh_prev = dh (1 - g u0)   (the caller adds [dp_r, dp_u, dp_n] W_h)
  */
 #include <stdint.h>
-#include <string.h>
 
-/* exp on [-87, 88] (inputs are clamped; beyond, sigmoid is 0 or 1 to float precision):
- * Cody-Waite reduction x = k ln2 + r and a degree-7 polynomial for e^r, |rel. error| < 2e-7.
- * Written with plain arithmetic so that the compiler vectorises the loops that call it. */
-static inline float exp_clamped(float x)
-{
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float k = (x * 1.44269504088896341f + shifter) - shifter;
-    float r = x - k * 0.693359375f;
-    r = r - k * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits;
-    memcpy(&bits, &p, sizeof bits);
-    bits += (int32_t)k << 23;
-    memcpy(&p, &bits, sizeof p);
-    return p;
-}
-
-static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_clamped(-x)); }
+#include "fastmath.h"
 
 /* tanh(x) = 2 sigmoid(2x) - 1 */
 static inline float tanh_from_sigmoid(float x) { return 2.0f * sigmoid(2.0f * x) - 1.0f; }
