@@ -52,3 +52,33 @@ def test_a_broken_compiler_falls_back_with_a_warning(fresh_cache, monkeypatch, c
     gru = GRU(4, 3)
     x, mask = torch.randn(2, 5, 4), torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
     torch.testing.assert_close(gru(x, mask), gru.reference_forward(x, mask), rtol=1e-5, atol=1e-6)
+
+
+@needs_compiler
+def test_embedding_backward_in_c_matches_torch(monkeypatch):
+    """The C scatter gives the embedding gradient of torch's accumulating index_put_, repeated ids included."""
+    from ctrkit.pytorch.layers.embedding import _GatherRows
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(50, 7, generator=g, requires_grad=True)
+    ids = torch.randint(0, 50, (300, 3), generator=g)  # many repeats
+    upstream = torch.randn(300, 3, 7, generator=g)
+
+    def gradient():
+        return torch.autograd.grad(_GatherRows.apply(weight, ids), weight, upstream)[0]
+
+    with_c = gradient()
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    torch.testing.assert_close(with_c, gradient(), rtol=1e-6, atol=1e-6)
+    assert with_c.abs().sum() > 0
+
+
+@needs_compiler
+def test_the_scatter_kernel_refuses_ids_outside_the_table():
+    lib = native.library("scatter")
+    rows, out = torch.ones(3, 4), torch.zeros(5, 4)
+    for bad in (-1, 5):
+        ids = torch.tensor([0, bad, 1])
+        assert lib.ctrkit_scatter_add_rows_f32(3, 4, ids.data_ptr(), rows.data_ptr(), 5, out.data_ptr()) == 1
+    with pytest.raises(RuntimeError, match="an id outside"):
+        native.check(1, "embedding backward: an id outside the table")

@@ -39,7 +39,7 @@ _CPU_FLAGS = (("-march=native",), ("-mcpu=native",), ())
 _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
 _PTR = ctypes.c_void_p
-_STATUS = ctypes.c_int  # 0, or non-zero where a scratch allocation failed
+_STATUS = ctypes.c_int  # 0, or non-zero where the kernel failed (see `check`)
 _DICE_FORWARD = (_STATUS, (_I64, _I64, _PTR, _PTR, _PTR, _F32, _PTR, _PTR, _PTR, _PTR))
 _DICE_BACKWARD = (_STATUS, (_I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _F32, _PTR, _PTR))
 #: ``(result type, argument types)`` of the exported functions, by library
@@ -49,6 +49,9 @@ _SIGNATURES = {
         "ctrkit_dice_forward_bf16": _DICE_FORWARD,
         "ctrkit_dice_backward_f32": _DICE_BACKWARD,
         "ctrkit_dice_backward_bf16": _DICE_BACKWARD,
+    },
+    "scatter": {
+        "ctrkit_scatter_add_rows_f32": (_STATUS, (_I64, _I64, _PTR, _PTR, _I64, _PTR)),
     },
     "gated_recurrence": {
         "ctrkit_gru_forward": (None, (_I64, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR)),
@@ -133,6 +136,6 @@ def _load(name: str) -> ctypes.CDLL | None:
 
 
 def check(status: int, what: str) -> None:
-    """Raise ``MemoryError`` for a kernel's non-zero status (its only failure: a scratch allocation)."""
+    """Raise ``RuntimeError`` for a kernel's non-zero status; ``what`` names the kernel and what the status means."""
     if status:
-        raise MemoryError(f"ctrkit C kernel {what}: could not allocate its scratch buffers")
+        raise RuntimeError(f"ctrkit C kernel failed: {what}")

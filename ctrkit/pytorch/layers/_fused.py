@@ -514,7 +514,7 @@ class _DiceTrain(torch.autograd.Function):
                 y, p = torch.empty_like(x), torch.empty(x.shape, dtype=wide)  # (N, C) each
                 mean, var = a.new_empty(a.shape), a.new_empty(a.shape)  # (C,) each
                 native.check(kernels[0](x.shape[0], x.shape[1], x.data_ptr(), _address(w), a.data_ptr(), eps,
-                                        mean.data_ptr(), var.data_ptr(), p.data_ptr(), y.data_ptr()), "dice forward")
+                                        mean.data_ptr(), var.data_ptr(), p.data_ptr(), y.data_ptr()), "dice forward: no memory for its scratch buffers")
                 rstd = torch.rsqrt(var + eps)  # (C,)
             else:
                 mean, var, rstd, p, y = _dice_forward_chunks(x, a, w, count, eps, chunks)
@@ -534,7 +534,7 @@ class _DiceTrain(torch.autograd.Function):
             dx, grad_alpha = torch.empty_like(x), torch.empty_like(a)  # (N, C), (C,)
             native.check(kernels[1](x.shape[0], x.shape[1], x.data_ptr(), grad.data_ptr(), p_all.data_ptr(), _address(w),
                                     a.data_ptr(), mean.data_ptr(), rstd.data_ptr(), count.item(), dx.data_ptr(),
-                                    grad_alpha.data_ptr()), "dice backward")
+                                    grad_alpha.data_ptr()), "dice backward: no memory for its scratch buffers")
             return dx, grad_alpha.to(alpha_dtype), None, None, None
         dx, grad_alpha = _dice_backward_chunks(grad, x, p_all, a, mean, rstd, count, w, chunks)
         return dx, grad_alpha.to(alpha_dtype), None, None, None

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctrkit import native
 from ctrkit.errors import ConfigError
+from ctrkit.pytorch.layers import _fused
 from ctrkit.pytorch.layers._checks import check_int
 from ctrkit.schema import Schema
 
@@ -23,7 +25,9 @@ class _GatherRows(torch.autograd.Function):
     TensorIterator add per looked-up row; for a Criteo batch (4096 x 39 ids, 16 wide) that takes
     ~11 ms on one core, one accumulating ``index_put_`` (a single serial pass in id order, so
     deterministic) ~2.5 ms. ``index_put_`` is run with one intra-op thread: with two it takes
-    ~13 ms (torch 2.13). The gradient is the same dense ``[num_rows, dim]`` tensor.
+    ~13 ms (torch 2.13). The gradient is the same dense ``[num_rows, dim]`` tensor. On CPU with
+    float32 rows, the C kernel ``ctrkit/native/scatter.c`` does the same serial pass without
+    sorting the ids first (DIN's 171k ids: ~7 ms -> ~1 ms).
     """
 
     @staticmethod
@@ -37,6 +41,13 @@ class _GatherRows(torch.autograd.Function):
         (ids,) = ctx.saved_tensors
         rows = grad.reshape(-1, grad.shape[-1])
         grad_weight = rows.new_zeros(ctx.num_rows, rows.shape[1])
+        lib = native.library("scatter") if _scatter_in_c(rows, ids) else None
+        if lib is not None:
+            flat_ids, rows = ids.reshape(-1).contiguous(), rows.contiguous()
+            native.check(lib.ctrkit_scatter_add_rows_f32(rows.shape[0], rows.shape[1], flat_ids.data_ptr(), rows.data_ptr(),
+                                                         ctx.num_rows, grad_weight.data_ptr()),
+                         "embedding backward: an id outside the table")
+            return grad_weight, None
         threads = torch.get_num_threads()
         if threads > 1:
             torch.set_num_threads(1)
@@ -46,6 +57,11 @@ class _GatherRows(torch.autograd.Function):
             if threads > 1:
                 torch.set_num_threads(threads)
         return grad_weight, None
+
+
+def _scatter_in_c(rows: torch.Tensor, ids: torch.Tensor) -> bool:
+    return (rows.device.type == "cpu" and rows.dtype == torch.float32 and ids.dtype == torch.int64
+            and not _fused.exporting())
 
 
 class EmbeddingTable(nn.Module):
