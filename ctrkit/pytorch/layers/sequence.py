@@ -246,24 +246,60 @@ def _backward_step_torch(dh_carried, grad_step, gates, hp, gate, h_prev, d_hp, d
     torch.mul(dh, 1 - u, out=dh_keep)
 
 
-def _step_functions(projected: torch.Tensor):
-    """``(forward_step, backward_step)`` for this recurrence: the C kernels of
-    :mod:`ctrkit.native` for float32 on CPU where they could be built, else the torch ones."""
-    lib = native.library("gated_recurrence") if (
-        projected.dtype == torch.float32 and projected.device.type == "cpu") else None
-    if lib is None:
-        return _forward_step_torch, _backward_step_torch
+def _use_c_steps(t: torch.Tensor) -> bool:
+    return t.dtype == torch.float32 and t.device.type == "cpu" and native.library("gated_recurrence") is not None
 
-    def forward_step(xp, hp, bias, gate, h, h_new, gates):
-        lib.ctrkit_gru_forward(h.shape[0], h.shape[1], xp.data_ptr(), xp.stride(0), hp.data_ptr(), bias.data_ptr(),
-                               gate.data_ptr(), gate.stride(0), h.data_ptr(), h_new.data_ptr(), gates.data_ptr())
 
-    def backward_step(dh_carried, grad_step, gates, hp, gate, h_prev, d_hp, d_xp, gate_terms, dh_keep):
-        lib.ctrkit_gru_backward(h_prev.shape[0], h_prev.shape[1], dh_carried.data_ptr(), grad_step.data_ptr(),
-                                gates.data_ptr(), hp.data_ptr(), gate.data_ptr(), gate.stride(0), h_prev.data_ptr(),
-                                d_hp.data_ptr(), d_xp.data_ptr(), gate_terms.data_ptr(), dh_keep.data_ptr())
+def _forward_steps(projected, hidden, bias, gate, states, gates):
+    """``step(t)``: the gate arithmetic of forward step ``t`` on these time-major buffers (``h_{t-1}``
+    is ``states[t-1]``, zero at ``t = 0``): the C kernel for float32 on CPU, else
+    :func:`_forward_step_torch`. The C path computes each step's addresses from the buffers' base
+    addresses (per-step tensor views and their dispatch cost as much as the kernel)."""
+    batch, hd = states.shape[1:]
+    zeros = states.new_zeros(batch, hd)
+    if not _use_c_steps(projected):
+        return lambda t: _forward_step_torch(projected[t], hidden[t], bias, gate[t], states[t - 1] if t else zeros,
+                                             states[t], gates[t])
+    kernel = native.library("gated_recurrence").ctrkit_gru_forward
+    item = projected.element_size()
+    x0, x_step, x_row = projected.data_ptr(), projected.stride(0) * item, projected.stride(1)
+    hp0, hp_step = hidden.data_ptr(), hidden.stride(0) * item
+    g0, g_step, g_row = gate.data_ptr(), gate.stride(0) * item, gate.stride(1)
+    s0, s_step = states.data_ptr(), states.stride(0) * item
+    gt0, gt_step = gates.data_ptr(), gates.stride(0) * item
+    b0, z0 = bias.data_ptr(), zeros.data_ptr()
 
-    return forward_step, backward_step
+    def step(t: int) -> None:
+        kernel(batch, hd, x0 + t * x_step, x_row, hp0 + t * hp_step, b0, g0 + t * g_step, g_row,
+               s0 + (t - 1) * s_step if t else z0, s0 + t * s_step, gt0 + t * gt_step)
+
+    step.keep_alive = zeros  # the kernel reads it by address
+    return step
+
+
+def _backward_steps(dh, grad_states, gates, hidden, gate, states, d_hidden, d_projected, gate_terms, dh_keep):
+    """``step(t)``: the gate arithmetic of backward step ``t`` (see :class:`_GatedRecurrence`), reading the
+    carried gradient from ``dh`` ``[B, H]`` and writing ``d_hidden[t]``, ``d_projected[t]``,
+    ``gate_terms[t]`` and ``dh_keep``; C kernel or :func:`_backward_step_torch` as in :func:`_forward_steps`."""
+    batch, hd = states.shape[1:]
+    zeros = states.new_zeros(batch, hd)
+    if not _use_c_steps(states):
+        return lambda t: _backward_step_torch(dh, grad_states[t], gates[t], hidden[t], gate[t],
+                                              states[t - 1] if t else zeros, d_hidden[t], d_projected[t],
+                                              gate_terms[t], dh_keep)
+    kernel = native.library("gated_recurrence").ctrkit_gru_backward
+    item = states.element_size()
+    bases = [t.data_ptr() for t in (grad_states, gates, hidden, gate, states, d_hidden, d_projected, gate_terms)]
+    steps = [t.stride(0) * item for t in (grad_states, gates, hidden, gate, states, d_hidden, d_projected, gate_terms)]
+    (gs0, gt0, hp0, g0, s0, dhp0, dxp0, term0), (gs_s, gt_s, hp_s, g_s, s_s, dhp_s, dxp_s, term_s) = bases, steps
+    dh0, keep0, z0, g_row = dh.data_ptr(), dh_keep.data_ptr(), zeros.data_ptr(), gate.stride(1)
+
+    def step(t: int) -> None:
+        kernel(batch, hd, dh0, gs0 + t * gs_s, gt0 + t * gt_s, hp0 + t * hp_s, g0 + t * g_s, g_row,
+               s0 + (t - 1) * s_s if t else z0, dhp0 + t * dhp_s, dxp0 + t * dxp_s, term0 + t * term_s, keep0)
+
+    step.keep_alive = zeros
+    return step
 
 
 class _GatedRecurrence(torch.autograd.Function):
@@ -282,7 +318,7 @@ class _GatedRecurrence(torch.autograd.Function):
     ``ctrkit/native/gated_recurrence.c`` for float32 on CPU (a step's ~30 tiny torch operations
     cost more in dispatch than in arithmetic), else the same arithmetic in torch operations
     (:func:`_forward_step_torch`, :func:`_backward_step_torch`). Time-major buffers keep every
-    per-step block contiguous. Gradchecked in ``tests/pytorch/test_sequence_models.py``; the C and
+    per-step block contiguous; the C steps get their addresses from the buffers' base addresses. Gradchecked in ``tests/pytorch/test_sequence_models.py``; the C and
     torch steps are compared there too.
 
     Shapes: ``projected`` ``[L, B, 3H]`` (``[W_ir; W_iu; W_in] x + b_i``), ``gate`` ``[L, B]``,
@@ -293,17 +329,17 @@ class _GatedRecurrence(torch.autograd.Function):
     def forward(ctx, projected, gate, weight, bias):
         length, batch, three_h = projected.shape
         hd = three_h // 3
-        forward_step, _ = _step_functions(projected)
-        projected, gate = projected.contiguous(), gate.contiguous()
+        projected, gate, bias = projected.contiguous(), gate.contiguous(), bias.contiguous()
         states = projected.new_empty(length, batch, hd)
         hidden = projected.new_empty(length, batch, three_h)  # W_h h_{t-1} + b_h
         gates = projected.new_empty(length, batch, three_h)  # r, u0, n
+        gate_step = _forward_steps(projected, hidden, bias, gate, states, gates)
+        hidden_t, states_t, weight_t = hidden.unbind(0), states.unbind(0), weight.t()
         h = projected.new_zeros(batch, hd)
-        weight_t, bias = weight.t(), bias.contiguous()
         for t in range(length):
-            torch.mm(h, weight_t, out=hidden[t])  # (B, 3H); the step adds the bias
-            forward_step(projected[t], hidden[t], bias, gate[t], h, states[t], gates[t])
-            h = states[t]
+            torch.mm(h, weight_t, out=hidden_t[t])  # (B, 3H); the step adds the bias
+            gate_step(t)
+            h = states_t[t]
         ctx.save_for_backward(gate, weight, states, hidden, gates)
         return states
 
@@ -311,17 +347,17 @@ class _GatedRecurrence(torch.autograd.Function):
     def backward(ctx, grad_states):
         gate, weight, states, hidden, gates = ctx.saved_tensors
         length, batch, hd = states.shape
-        _, backward_step = _step_functions(states)
         grad_states = grad_states.contiguous()
         d_hidden = grad_states.new_empty(length, batch, 3 * hd)
         d_projected = grad_states.new_empty(length, batch, 3 * hd)
         gate_terms = grad_states.new_empty(length, batch, hd)  # du * u0
-        zeros = grad_states.new_zeros(batch, hd)
-        dh, dh_keep = zeros.clone(), grad_states.new_empty(batch, hd)
+        dh, dh_keep = grad_states.new_zeros(batch, hd), grad_states.new_empty(batch, hd)
+        gate_step = _backward_steps(dh, grad_states, gates, hidden, gate, states, d_hidden, d_projected,
+                                    gate_terms, dh_keep)
+        d_hidden_t = d_hidden.unbind(0)
         for t in reversed(range(length)):
-            backward_step(dh, grad_states[t], gates[t], hidden[t], gate[t], states[t - 1] if t else zeros,
-                          d_hidden[t], d_projected[t], gate_terms[t], dh_keep)
-            dh = torch.addmm(dh_keep, d_hidden[t], weight)  # (B, H)
+            gate_step(t)
+            torch.addmm(dh_keep, d_hidden_t[t], weight, out=dh)  # (B, H): the gradient reaching h_{t-1}
         # h_0 = 0: the first step adds nothing to dW_h
         d_weight = d_hidden[1:].reshape(-1, 3 * hd).t() @ states[:-1].reshape(-1, hd)  # (3H, H)
         d_bias = d_hidden.sum((0, 1))
