@@ -22,27 +22,6 @@
 
 #define ROW_BLOCK 256
 
-static inline float load_f32(const float *p, int64_t i) { return p[i]; }
-static inline void store_f32(float *p, int64_t i, float v) { p[i] = v; }
-
-/* bfloat16 is the upper half of a float32 */
-static inline float load_bf16(const uint16_t *p, int64_t i)
-{
-    uint32_t bits = (uint32_t)p[i] << 16;
-    float v;
-    memcpy(&v, &bits, sizeof v);
-    return v;
-}
-
-/* round to nearest even, NaN stays NaN */
-static inline void store_bf16(uint16_t *p, int64_t i, float v)
-{
-    uint32_t bits;
-    memcpy(&bits, &v, sizeof bits);
-    uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-    p[i] = (uint16_t)((bits & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
-}
-
 static void flush_block(int64_t c, float *restrict block, double *restrict total)
 {
     for (int64_t k = 0; k < c; ++k) {

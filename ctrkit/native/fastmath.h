@@ -1,7 +1,8 @@
 /*
- * Vectorisable float32 exp and sigmoid shared by the kernels of ctrkit/native (static inline: each
- * kernel file gets its own copy). No libm calls, so that the compiler vectorises the loops that
- * use them without -ffast-math (which would change the floating-point mode of the whole process).
+ * Vectorisable float32 exp and sigmoid, and float32/bfloat16 loads and stores, shared by the
+ * kernels of ctrkit/native (static inline: each kernel file gets its own copy). No libm calls, so
+ * that the compiler vectorises the loops that use them without -ffast-math (which would change
+ * the floating-point mode of the whole process).
  */
 #ifndef CTRKIT_FASTMATH_H
 #define CTRKIT_FASTMATH_H
@@ -34,5 +35,26 @@ static inline float exp_clamped(float x)
 }
 
 static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_clamped(-x)); }
+
+/* float32 and bfloat16 storage (bfloat16 is the upper half of a float32) */
+static inline float load_f32(const float *p, int64_t i) { return p[i]; }
+static inline void store_f32(float *p, int64_t i, float v) { p[i] = v; }
+
+static inline float load_bf16(const uint16_t *p, int64_t i)
+{
+    uint32_t bits = (uint32_t)p[i] << 16;
+    float v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+/* round to nearest even, NaN stays NaN */
+static inline void store_bf16(uint16_t *p, int64_t i, float v)
+{
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    p[i] = (uint16_t)((bits & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
+}
 
 #endif

@@ -181,6 +181,35 @@ def test_dice_c_kernels_match_the_float64_torch_passes(dtype, masked):
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance * b.abs().max().item(), msg=name)
 
 
+def test_paired_sigmoid_gradcheck_and_c_kernels(monkeypatch):
+    """DIEN's auxiliary hidden layer on both pairs: the torch formula against the explicit stack
+    (float64, gradcheck), and the C kernels (float32, bfloat16) against the torch formula."""
+    from ctrkit import native
+
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(5, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    e = torch.randn(5, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    explicit = torch.sigmoid(torch.stack([h + e[:, 1:], h + torch.cat([e[1:], e[:1]])[:, 1:]]))
+    torch.testing.assert_close(_fused.paired_sigmoid(h, e), explicit)
+    assert torch.autograd.gradcheck(_fused.paired_sigmoid, (h, e))
+    if native.library("paired_sigmoid") is None:
+        pytest.skip("no C compiler on this machine: the torch formula is the only path (covered above)")
+    h32, e32 = torch.randn(37, 9, 21, generator=g) * 3, torch.randn(37, 10, 21, generator=g) * 3
+    upstream = torch.randn(2, 37, 9, 21, generator=g)
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        def run():
+            x, y = h32.to(dtype).requires_grad_(), e32.to(dtype).requires_grad_()
+            out = _fused.paired_sigmoid(x, y)
+            return [out, *torch.autograd.grad(out, (x, y), upstream.to(dtype))]
+
+        with_c = run()
+        monkeypatch.setenv(native.ENV_SWITCH, "0")
+        with_torch = run()
+        monkeypatch.delenv(native.ENV_SWITCH)
+        for got, want in zip(with_c, with_torch):
+            torch.testing.assert_close(got.double(), want.double(), rtol=tolerance, atol=tolerance)
+
+
 def test_dice_training_gradients_match_the_reference():
     """The fused training node gives the outputs and gradients of eq. 5 written position by position."""
     torch.manual_seed(0)

@@ -582,6 +582,69 @@ def _dice_backward_chunks(grad, x, p_all, a, mean, rstd, count, w, chunks):
     return dx, grad_alpha
 
 
+# ---------------------------------------------------------------------------------------------
+# DIEN's auxiliary network: its first hidden layer on the positive and negative pairs
+# ---------------------------------------------------------------------------------------------
+class _PairedSigmoid(torch.autograd.Function):
+    """``out[0] = sigmoid(h + e[:, 1:])``, ``out[1] = sigmoid(h + e.roll(-1, 0)[:, 1:])``: the sigmoid
+    hidden layer of DIEN's auxiliary network on the pairs (state ``t``, behaviour ``t + 1``) and
+    (state ``t``, the next row's behaviour ``t + 1``), from the two halves of the layer's input
+    product (``h`` the state's, bias included; ``e`` the behaviour's).
+
+    Backward, with ``d = g s (1 - s)`` of each half: ``dh = d[0] + d[1]``, ``de[:, 1:] = d[0] +
+    d[1].roll(1, 0)``, ``de[:, 0] = 0``. On CPU for float32 and bfloat16 this is one C pass each way
+    (``ctrkit/native/paired_sigmoid.c``) instead of eight torch passes over ``[2, B, T, U]``; the
+    torch formula runs elsewhere. Shapes: ``h`` ``[B, T, U]``, ``e`` ``[B, T + 1, U]`` (same dtype)
+    -> ``[2, B, T, U]``.
+    """
+
+    @staticmethod
+    def forward(ctx, h, e):
+        kernels = _paired_sigmoid_kernels(h, e)
+        if kernels is None:
+            out = torch.sigmoid(torch.stack([h + e[:, 1:], h + e.roll(-1, dims=0)[:, 1:]]))  # (2, B, T, U)
+        else:
+            h, e = h.contiguous(), e.contiguous()
+            out = h.new_empty((2, *h.shape))
+            kernels[0](*h.shape, h.data_ptr(), e.data_ptr(), out.data_ptr())
+        ctx.save_for_backward(out)
+        ctx.uses_c = kernels is not None
+        return out
+
+    @staticmethod
+    @first_order_only  # the output is saved without a graph
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        batch, steps, units = out.shape[1:]
+        if ctx.uses_c and _paired_sigmoid_kernels(out, out) is not None:
+            grad = grad.to(out.dtype).contiguous()
+            d_h, d_e = out.new_empty(batch, steps, units), out.new_empty(batch, steps + 1, units)
+            _paired_sigmoid_kernels(out, out)[1](batch, steps, units, grad.data_ptr(), out.data_ptr(),
+                                                 d_h.data_ptr(), d_e.data_ptr())
+            return d_h, d_e
+        d = grad * out * (1 - out)  # (2, B, T, U)
+        d_e = out.new_zeros(batch, steps + 1, units)
+        d_e[:, 1:] = d[0] + d[1].roll(1, dims=0)
+        return d[0] + d[1], d_e
+
+
+def paired_sigmoid(h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """See :class:`_PairedSigmoid`: ``[B, T, U]``, ``[B, T + 1, U]`` -> ``[2, B, T, U]``."""
+    return _PairedSigmoid.apply(h, e)
+
+
+def _paired_sigmoid_kernels(h: torch.Tensor, e: torch.Tensor):
+    """``(forward, backward)`` of ``ctrkit/native/paired_sigmoid.c`` for these tensors, or ``None``."""
+    suffix = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(h.dtype)
+    if suffix is None or e.dtype != h.dtype or h.device.type != "cpu" or exporting():
+        return None
+    lib = native.library("paired_sigmoid")
+    if lib is None:
+        return None
+    return (getattr(lib, f"ctrkit_paired_sigmoid_forward_{suffix}"),
+            getattr(lib, f"ctrkit_paired_sigmoid_backward_{suffix}"))
+
+
 def _dice_kernels(x: torch.Tensor):
     """``(forward, backward)`` C kernels of ``ctrkit/native/dice.c`` for ``x``'s dtype (float32,
     bfloat16, on CPU), or ``None``: the torch chunks run instead (other dtypes and devices, export,

@@ -592,7 +592,10 @@ class AuxiliaryLoss(nn.Module):
         # shared by the positive and the negative pair
         h_part = F.linear(states[:, :-1].to(items.dtype), first.weight[:, :h_dim], first.bias)  # (B, L-1, U)
         e_part = F.linear(items, first.weight[:, h_dim:])  # (B, L, U)
-        both = torch.stack([h_part + e_part[:, 1:], h_part + e_part.roll(-1, dims=0)[:, 1:]])  # (2, B, L-1, U)
+        if len(rest) and isinstance(rest[0], nn.Sigmoid):  # the hidden layer's sigmoid on both pairs in one pass
+            both, rest = _fused.paired_sigmoid(h_part, e_part.to(h_part.dtype)), rest[1:]  # (2, B, L-1, U)
+        else:
+            both = torch.stack([h_part + e_part[:, 1:], h_part + e_part.roll(-1, dims=0)[:, 1:]])  # (2, B, L-1, U)
         pos, neg = rest(both).squeeze(-1).to(_wide(h_part.dtype)).unbind(0)  # (B, L-1) each
         positive, negative = positive.to(pos.dtype), negative.to(pos.dtype)
         total = (F.softplus(-pos) * positive).sum() + (F.softplus(neg) * negative).sum()
