@@ -50,6 +50,10 @@ _SIGNATURES = {
         "ctrkit_dice_backward_f32": _DICE_BACKWARD,
         "ctrkit_dice_backward_bf16": _DICE_BACKWARD,
     },
+    "pair_products": {
+        "ctrkit_pair_products_backward_f32": (None, (_I64, _I64, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64, _PTR)),
+        "ctrkit_pair_products_backward_bf16": (None, (_I64, _I64, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64, _PTR)),
+    },
     "paired_sigmoid": {
         "ctrkit_paired_sigmoid_forward_f32": (None, (_I64, _I64, _I64, _PTR, _PTR, _PTR)),
         "ctrkit_paired_sigmoid_forward_bf16": (None, (_I64, _I64, _I64, _PTR, _PTR, _PTR)),

@@ -210,6 +210,32 @@ def test_paired_sigmoid_gradcheck_and_c_kernels(monkeypatch):
             torch.testing.assert_close(got.double(), want.double(), rtol=tolerance, atol=tolerance)
 
 
+def test_pair_bilinear_c_backward_matches_torch(monkeypatch):
+    """The C pass of the per-pair bilinear backward (float32, and bfloat16 under autocast) gives the
+    gradients of the torch products (themselves gradchecked above in float64)."""
+    from ctrkit import native
+
+    if native.library("pair_products") is None:
+        pytest.skip("no C compiler on this machine: the torch products are the only path (covered above)")
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(33, 7, 5, generator=g)
+    w0 = torch.randn(21, 5, 5, generator=g) * 0.3
+    upstream = torch.randn(33, 21, 5, generator=g)
+    for autocast, tolerance in ((False, 1e-5), (True, 2e-2)):
+        def grads():
+            x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = _fused.pair_bilinear(x, w, True)
+            return [out.float(), *torch.autograd.grad(out, (x, w), upstream.to(out.dtype))]
+
+        with_c = grads()
+        monkeypatch.setenv(native.ENV_SWITCH, "0")
+        with_torch = grads()
+        monkeypatch.delenv(native.ENV_SWITCH)
+        for got, want in zip(with_c, with_torch):
+            torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance * want.abs().max().item())
+
+
 def test_dice_training_gradients_match_the_reference():
     """The fused training node gives the outputs and gradients of eq. 5 written position by position."""
     torch.manual_seed(0)

@@ -703,7 +703,9 @@ class _PairBilinear(torch.autograd.Function):
     broadcast). So the layer is ``F - 1`` small GEMMs and products written straight into the
     ``[B, P, D]`` output, with no ``x[:, rows]`` / ``x[:, cols]`` gathers and no transposes for a
     batched matmul: autograd of the gathered form makes ~20 passes over ``[B, P, D]`` (194 MB at
-    B = 4096 and 39 fields of 16), this forward one write and its backward one read of the gradient.
+    B = 4096 and 39 fields of 16), this forward one write and its backward one read of the gradient
+    (with one matrix per pair, on CPU, the backward's products and accumulation are one C pass per row
+    field: ``ctrkit/native/pair_products.c``).
     Under autocast the GEMMs and products run in the autocast dtype (the output too); the input and
     weight gradients are accumulated in float32.
     """
@@ -734,14 +736,23 @@ class _PairBilinear(torch.autograd.Function):
             batch, fields, d = xc.shape
             d_x = torch.zeros(x.shape, dtype=acc, device=x.device)  # (B, F, D)
             d_w = torch.zeros(weight.shape, dtype=acc, device=x.device)  # (G, D_out, D_in)
+            kernel = _pair_products_kernel(grad, acc) if per_pair else None
+            if kernel is not None:
+                grad, xc = grad.contiguous(), xc.contiguous()
             for i, start, stop in _row_groups(fields):
                 g = grad[:, start:stop]  # (B, n, D)
                 xi = xc[:, i]  # (B, D)
                 mat = _row_matrix(wc, i, start, stop, per_pair)  # (D_in, n*D_out | D_out)
-                d_x[:, i + 1:] += g * torch.mm(xi, mat).view(batch, -1, d)  # d right = g * left
-                d_left = g * xc[:, i + 1:]  # (B, n, D)
-                # one matrix per pair: the left factors are [B, n*D]; one shared matrix: they broadcast
-                d_left = d_left.reshape(batch, -1) if per_pair else d_left.sum(1)  # (B, n*D_out | D_out)
+                left = torch.mm(xi, mat)  # (B, n*D_out | D_out)
+                if kernel is not None:  # the two products and the accumulation in one C pass
+                    d_left = torch.empty_like(left)  # (B, n*D)
+                    kernel(batch, left.shape[1], g.data_ptr(), g.stride(0), left.data_ptr(), xc[:, i + 1:].data_ptr(),
+                           xc.stride(0), d_x[:, i + 1:].data_ptr(), d_x.stride(0), d_left.data_ptr())
+                else:
+                    d_x[:, i + 1:] += g * left.view(batch, -1, d)  # d right = g * left
+                    d_left = g * xc[:, i + 1:]  # (B, n, D)
+                    # one matrix per pair: the left factors are [B, n*D]; one shared matrix: they broadcast
+                    d_left = d_left.reshape(batch, -1) if per_pair else d_left.sum(1)  # (B, n*D_out | D_out)
                 d_mat = torch.mm(xi.t(), d_left).to(acc)  # (D_in, n*D_out | D_out)
                 if per_pair:
                     d_w[start:stop] = d_mat.view(d, stop - start, d).permute(1, 2, 0)
@@ -749,6 +760,16 @@ class _PairBilinear(torch.autograd.Function):
                     d_w[_row_group(wc, i)] += d_mat.t()
                 d_x[:, i] += torch.mm(d_left, mat.t())
         return d_x.to(x.dtype), d_w.to(weight.dtype), None
+
+
+def _pair_products_kernel(grad: torch.Tensor, acc: torch.dtype):
+    """``ctrkit_pair_products_backward`` of ``ctrkit/native/pair_products.c`` for ``grad``'s dtype
+    (float32 or bfloat16 on CPU, float32 accumulation), or ``None``: the torch products run."""
+    suffix = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(grad.dtype)
+    if suffix is None or acc != torch.float32 or grad.device.type != "cpu" or exporting():
+        return None
+    lib = native.library("pair_products")
+    return None if lib is None else getattr(lib, f"ctrkit_pair_products_backward_{suffix}")
 
 
 def _row_groups(fields: int):
