@@ -236,6 +236,27 @@ def test_pair_bilinear_c_backward_matches_torch(monkeypatch):
             torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance * want.abs().max().item())
 
 
+@pytest.mark.parametrize("bilinear_type", ["field_interaction", "field_each"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_bilinear_side_by_side_is_the_concatenation(bilinear_type, dtype):
+    """FiBiNET's two bilinear layers written into one tensor: the values and gradients of
+    ``torch.cat([layer(x) ...], dim=1)`` (float32: the C backward for one matrix per pair)."""
+    from ctrkit.pytorch.layers.interaction import bilinear_side_by_side
+
+    torch.manual_seed(0)
+    layers = [BilinearInteraction(6, 4, bilinear_type).to(dtype) for _ in range(2)]
+    inputs = [torch.randn(9, 6, 4, dtype=dtype, requires_grad=True) for _ in range(2)]
+    upstream = torch.randn(9, 30, 4, dtype=dtype)
+    params = [*inputs, *(p for layer in layers for p in layer.parameters())]
+    got_out = bilinear_side_by_side(layers, inputs)
+    got = torch.autograd.grad(got_out, params, upstream)
+    want_out = torch.cat([layer(x) for layer, x in zip(layers, inputs)], dim=1)
+    want = torch.autograd.grad(want_out, params, upstream)
+    torch.testing.assert_close(got_out, want_out)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
 def test_dice_training_gradients_match_the_reference():
     """The fused training node gives the outputs and gradients of eq. 5 written position by position."""
     torch.manual_seed(0)

@@ -711,55 +711,77 @@ class _PairBilinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, per_pair):
-        dtype = compute_dtype(x)
-        with torch.autocast(x.device.type, enabled=False):
-            xc, wc = x.to(dtype), weight.to(dtype)  # (B, F, D), (G, D_out, D_in)
-            batch, fields, d = xc.shape
-            out = xc.new_empty(batch, fields * (fields - 1) // 2, d)  # (B, P, D)
-            for i, start, stop in _row_groups(fields):
-                left = torch.mm(xc[:, i], _row_matrix(wc, i, start, stop, per_pair)).view(batch, -1, d)  # (B, n|1, D)
-                torch.mul(left, xc[:, i + 1:], out=out[:, start:stop])
-        ctx.save_for_backward(x, weight)
+    def forward(ctx, per_pair, *layers):
+        """``layers``: ``x_1, weight_1, x_2, weight_2, ...`` (same shapes); their ``[B, P, D]``
+        outputs side by side in one ``[B, k P, D]`` tensor (FiBiNET feeds both layers' outputs to
+        its DNN: written in place, they need no concatenation, nor their gradients a split)."""
+        xs, weights = layers[0::2], layers[1::2]
+        dtype = compute_dtype(xs[0])
+        batch, fields, d = xs[0].shape
+        pairs = fields * (fields - 1) // 2
+        with torch.autocast(xs[0].device.type, enabled=False):
+            out = xs[0].new_empty(batch, len(xs) * pairs, d, dtype=dtype)  # (B, k*P, D)
+            for k, (x, weight) in enumerate(zip(xs, weights)):
+                _pair_bilinear_into(x.to(dtype), weight.to(dtype), per_pair, out[:, k * pairs:(k + 1) * pairs])
+        ctx.save_for_backward(*layers)
         ctx.per_pair = per_pair
         return out
 
     @staticmethod
     @first_order_only  # the left factors are recomputed without a graph
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        per_pair = ctx.per_pair
-        dtype = grad.dtype
-        acc = _grad_dtype(dtype)
-        with torch.autocast(x.device.type, enabled=False):
-            xc, wc = x.to(dtype), weight.to(dtype)
-            batch, fields, d = xc.shape
-            d_x = torch.zeros(x.shape, dtype=acc, device=x.device)  # (B, F, D)
-            d_w = torch.zeros(weight.shape, dtype=acc, device=x.device)  # (G, D_out, D_in)
-            kernel = _pair_products_kernel(grad, acc) if per_pair else None
-            if kernel is not None:
-                grad, xc = grad.contiguous(), xc.contiguous()
-            for i, start, stop in _row_groups(fields):
-                g = grad[:, start:stop]  # (B, n, D)
-                xi = xc[:, i]  # (B, D)
-                mat = _row_matrix(wc, i, start, stop, per_pair)  # (D_in, n*D_out | D_out)
-                left = torch.mm(xi, mat)  # (B, n*D_out | D_out)
-                if kernel is not None:  # the two products and the accumulation in one C pass
-                    d_left = torch.empty_like(left)  # (B, n*D)
-                    kernel(batch, left.shape[1], g.data_ptr(), g.stride(0), left.data_ptr(), xc[:, i + 1:].data_ptr(),
-                           xc.stride(0), d_x[:, i + 1:].data_ptr(), d_x.stride(0), d_left.data_ptr())
-                else:
-                    d_x[:, i + 1:] += g * left.view(batch, -1, d)  # d right = g * left
-                    d_left = g * xc[:, i + 1:]  # (B, n, D)
-                    # one matrix per pair: the left factors are [B, n*D]; one shared matrix: they broadcast
-                    d_left = d_left.reshape(batch, -1) if per_pair else d_left.sum(1)  # (B, n*D_out | D_out)
-                d_mat = torch.mm(xi.t(), d_left).to(acc)  # (D_in, n*D_out | D_out)
-                if per_pair:
-                    d_w[start:stop] = d_mat.view(d, stop - start, d).permute(1, 2, 0)
-                else:
-                    d_w[_row_group(wc, i)] += d_mat.t()
-                d_x[:, i] += torch.mm(d_left, mat.t())
-        return d_x.to(x.dtype), d_w.to(weight.dtype), None
+        layers = ctx.saved_tensors
+        pairs = grad.shape[1] // (len(layers) // 2)
+        grads = []
+        for k in range(len(layers) // 2):
+            grads += _pair_bilinear_backward(grad[:, k * pairs:(k + 1) * pairs], layers[2 * k], layers[2 * k + 1],
+                                             ctx.per_pair)
+        return (None, *grads)
+
+
+def _pair_bilinear_into(xc: torch.Tensor, wc: torch.Tensor, per_pair: bool, out: torch.Tensor) -> None:
+    """The products of :class:`_PairBilinear` for one layer, written into ``out`` ``[B, P, D]``."""
+    batch, fields, d = xc.shape
+    for i, start, stop in _row_groups(fields):
+        left = torch.mm(xc[:, i], _row_matrix(wc, i, start, stop, per_pair)).view(batch, -1, d)  # (B, n|1, D)
+        torch.mul(left, xc[:, i + 1:], out=out[:, start:stop])
+
+
+def _pair_bilinear_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, per_pair: bool):
+    """``(d_x, d_weight)`` of one layer of :class:`_PairBilinear` from its output gradient ``[B, P, D]``."""
+    dtype = grad.dtype
+    acc = _grad_dtype(dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        xc, wc = x.to(dtype), weight.to(dtype)
+        batch, fields, d = xc.shape
+        d_x = torch.zeros(x.shape, dtype=acc, device=x.device)  # (B, F, D)
+        d_w = torch.zeros(weight.shape, dtype=acc, device=x.device)  # (G, D_out, D_in)
+        kernel = _pair_products_kernel(grad, acc) if per_pair else None
+        if kernel is not None:
+            xc = xc.contiguous()
+            if grad.stride(2) != 1 or grad.stride(1) != d:  # the kernel needs each row's pairs contiguous
+                grad = grad.contiguous()
+        for i, start, stop in _row_groups(fields):
+            g = grad[:, start:stop]  # (B, n, D)
+            xi = xc[:, i]  # (B, D)
+            mat = _row_matrix(wc, i, start, stop, per_pair)  # (D_in, n*D_out | D_out)
+            left = torch.mm(xi, mat)  # (B, n*D_out | D_out)
+            if kernel is not None:  # the two products and the accumulation in one C pass
+                d_left = torch.empty_like(left)  # (B, n*D)
+                kernel(batch, left.shape[1], g.data_ptr(), g.stride(0), left.data_ptr(), xc[:, i + 1:].data_ptr(),
+                       xc.stride(0), d_x[:, i + 1:].data_ptr(), d_x.stride(0), d_left.data_ptr())
+            else:
+                d_x[:, i + 1:] += g * left.view(batch, -1, d)  # d right = g * left
+                d_left = g * xc[:, i + 1:]  # (B, n, D)
+                # one matrix per pair: the left factors are [B, n*D]; one shared matrix: they broadcast
+                d_left = d_left.reshape(batch, -1) if per_pair else d_left.sum(1)  # (B, n*D_out | D_out)
+            d_mat = torch.mm(xi.t(), d_left).to(acc)  # (D_in, n*D_out | D_out)
+            if per_pair:
+                d_w[start:stop] = d_mat.view(d, stop - start, d).permute(1, 2, 0)
+            else:
+                d_w[_row_group(wc, i)] += d_mat.t()
+            d_x[:, i] += torch.mm(d_left, mat.t())
+    return d_x.to(x.dtype), d_w.to(weight.dtype)
 
 
 def _pair_products_kernel(grad: torch.Tensor, acc: torch.dtype):
@@ -798,7 +820,12 @@ def _row_matrix(weight: torch.Tensor, i: int, start: int, stop: int, per_pair: b
 def pair_bilinear(x: torch.Tensor, weight: torch.Tensor, per_pair: bool) -> torch.Tensor:
     """FiBiNET's bilinear products of ``x`` ``[B, F, D]`` -> ``[B, P, D]`` with ``weight``
     ``[G, D_out, D_in]``: ``G = P`` (``per_pair``: field_interaction), ``F - 1`` (field_each) or 1."""
-    return _PairBilinear.apply(x, weight, per_pair)
+    return _PairBilinear.apply(per_pair, x, weight)
+
+
+def pair_bilinear_side_by_side(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], per_pair: bool) -> torch.Tensor:
+    """The :func:`pair_bilinear` outputs of several ``(x, weight)`` layers side by side: ``[B, k P, D]``."""
+    return _PairBilinear.apply(per_pair, *(t for layer in layers for t in layer))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -623,9 +623,12 @@ class BilinearInteraction(nn.Module):
     def reset_parameters(self) -> None:
         _xavier_normal_blocks(self.matrices.weight, self.embed_dim, self.embed_dim)
 
+    def blocks(self) -> torch.Tensor:
+        """The bilinear matrices ``[G, D_out, D_in]`` (a view of ``matrices.weight``)."""
+        return self.matrices.weight.view(self.groups, self.embed_dim, self.embed_dim)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.embed_dim
-        w = self.matrices.weight.view(self.groups, d, d)  # (G, D_out, D_in)
+        w = self.blocks()  # (G, D_out, D_in)
         if not _fused.exporting():
             return _fused.pair_bilinear(x, w, self.bilinear_type == "field_interaction")  # (B, P, D)
         if self.bilinear_type == "field_all":
@@ -649,6 +652,18 @@ class BilinearInteraction(nn.Module):
 #: how ONN combines the two operation-aware embeddings of a pair
 ONN_PRODUCTS = ("inner", "hadamard")
 
+
+
+def bilinear_side_by_side(layers: Sequence[BilinearInteraction], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The outputs of several :class:`BilinearInteraction` layers of one type, side by side along the
+    pairs: ``[B, k P, D]``, the same as ``torch.cat([layer(x) ...], dim=1)``. Outside export it is
+    one autograd node that writes every layer's products in place (FiBiNET's DNN input: no
+    concatenation of two ``[B, P, D]`` blocks forward, no split of their gradient backward)."""
+    types = {layer.bilinear_type for layer in layers}
+    if _fused.exporting() or len(types) != 1:
+        return torch.cat([layer(x) for layer, x in zip(layers, inputs)], dim=1)
+    per_pair = types.pop() == "field_interaction"
+    return _fused.pair_bilinear_side_by_side([(x, layer.blocks()) for layer, x in zip(layers, inputs)], per_pair)
 
 class OperationAwareInteraction(nn.Module):
     """Copy and product operations of ONN over operation-aware embeddings.

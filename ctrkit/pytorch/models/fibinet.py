@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ctrkit.pytorch.layers import MLP, BilinearInteraction, FieldEmbedding, Linear, SqueezeExcitation
+from ctrkit.pytorch.layers.interaction import bilinear_side_by_side
 from ctrkit.pytorch.models.base import CTRModel
 from ctrkit.schema import Schema
 
@@ -71,6 +72,5 @@ class FiBiNET(CTRModel):
 
     def logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         e = self.embedding(batch)  # (B, F, D)
-        p = self.bilinear(e)  # (B, P, D)
-        q = self.senet_bilinear(self.senet(e))  # (B, P, D)
-        return self.linear(batch) + self.dnn(torch.cat([p, q], dim=1).flatten(1))  # (B, 1)
+        pq = bilinear_side_by_side((self.bilinear, self.senet_bilinear), (e, self.senet(e)))  # (B, 2P, D): [p; q]
+        return self.linear(batch) + self.dnn(pq.flatten(1))  # (B, 1)
