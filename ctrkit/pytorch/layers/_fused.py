@@ -513,8 +513,9 @@ class _DiceTrain(torch.autograd.Function):
                 x, w = x.contiguous(), None if w is None else w.contiguous()
                 y, p = torch.empty_like(x), torch.empty(x.shape, dtype=wide)  # (N, C) each
                 mean, var = a.new_empty(a.shape), a.new_empty(a.shape)  # (C,) each
-                native.check(kernels[0](x.shape[0], x.shape[1], x.data_ptr(), _address(w), a.data_ptr(), eps,
-                                        mean.data_ptr(), var.data_ptr(), p.data_ptr(), y.data_ptr()), "dice forward: no memory for its scratch buffers")
+                status = kernels[0](x.shape[0], x.shape[1], x.data_ptr(), _address(w), a.data_ptr(), eps,
+                                    mean.data_ptr(), var.data_ptr(), p.data_ptr(), y.data_ptr())
+                native.check(status, "dice forward: no memory for its scratch buffers")
                 rstd = torch.rsqrt(var + eps)  # (C,)
             else:
                 mean, var, rstd, p, y = _dice_forward_chunks(x, a, w, count, eps, chunks)
@@ -532,9 +533,10 @@ class _DiceTrain(torch.autograd.Function):
         if kernels is not None:
             grad = grad.to(x.dtype).contiguous()
             dx, grad_alpha = torch.empty_like(x), torch.empty_like(a)  # (N, C), (C,)
-            native.check(kernels[1](x.shape[0], x.shape[1], x.data_ptr(), grad.data_ptr(), p_all.data_ptr(), _address(w),
-                                    a.data_ptr(), mean.data_ptr(), rstd.data_ptr(), count.item(), dx.data_ptr(),
-                                    grad_alpha.data_ptr()), "dice backward: no memory for its scratch buffers")
+            status = kernels[1](x.shape[0], x.shape[1], x.data_ptr(), grad.data_ptr(), p_all.data_ptr(), _address(w),
+                                a.data_ptr(), mean.data_ptr(), rstd.data_ptr(), count.item(), dx.data_ptr(),
+                                grad_alpha.data_ptr())
+            native.check(status, "dice backward: no memory for its scratch buffers")
             return dx, grad_alpha.to(alpha_dtype), None, None, None
         dx, grad_alpha = _dice_backward_chunks(grad, x, p_all, a, mean, rstd, count, w, chunks)
         return dx, grad_alpha.to(alpha_dtype), None, None, None

@@ -44,9 +44,9 @@ class _GatherRows(torch.autograd.Function):
         lib = native.library("scatter") if _scatter_in_c(rows, ids) else None
         if lib is not None:
             flat_ids, rows = ids.reshape(-1).contiguous(), rows.contiguous()
-            native.check(lib.ctrkit_scatter_add_rows_f32(rows.shape[0], rows.shape[1], flat_ids.data_ptr(), rows.data_ptr(),
-                                                         ctx.num_rows, grad_weight.data_ptr()),
-                         "embedding backward: an id outside the table")
+            status = lib.ctrkit_scatter_add_rows_f32(rows.shape[0], rows.shape[1], flat_ids.data_ptr(),
+                                                     rows.data_ptr(), ctx.num_rows, grad_weight.data_ptr())
+            native.check(status, "embedding backward: an id outside the table")
             return grad_weight, None
         threads = torch.get_num_threads()
         if threads > 1:

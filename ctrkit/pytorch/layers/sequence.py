@@ -318,8 +318,9 @@ class _GatedRecurrence(torch.autograd.Function):
     ``ctrkit/native/gated_recurrence.c`` for float32 on CPU (a step's ~30 tiny torch operations
     cost more in dispatch than in arithmetic), else the same arithmetic in torch operations
     (:func:`_forward_step_torch`, :func:`_backward_step_torch`). Time-major buffers keep every
-    per-step block contiguous; the C steps get their addresses from the buffers' base addresses. Gradchecked in ``tests/pytorch/test_sequence_models.py``; the C and
-    torch steps are compared there too.
+    per-step block contiguous; the C steps get their addresses from the buffers' base addresses.
+    Gradchecked in ``tests/pytorch/test_sequence_models.py``; the C and torch steps are compared
+    there too.
 
     Shapes: ``projected`` ``[L, B, 3H]`` (``[W_ir; W_iu; W_in] x + b_i``), ``gate`` ``[L, B]``,
     ``weight`` ``[3H, H]``, ``bias`` ``[3H]`` -> states ``[L, B, H]``.
