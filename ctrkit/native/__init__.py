@@ -64,8 +64,8 @@ _SIGNATURES = {
         "ctrkit_scatter_add_rows_f32": (_STATUS, (_I64, _I64, _PTR, _PTR, _I64, _PTR)),
     },
     "gated_recurrence": {
-        "ctrkit_gru_forward": (None, (_I64, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR)),
-        "ctrkit_gru_backward": (None, (_I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR,
+        "ctrkit_gru_forward_f32": (None, (_I64, _I64, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR)),
+        "ctrkit_gru_backward_f32": (None, (_I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR,
                                        _PTR)),
     },
 }

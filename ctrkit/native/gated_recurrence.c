@@ -30,7 +30,7 @@
 /* tanh(x) = 2 sigmoid(2x) - 1 */
 static inline float tanh_from_sigmoid(float x) { return 2.0f * sigmoid(2.0f * x) - 1.0f; }
 
-/* One row of ctrkit_gru_forward. (A function of its own so that the compiler can vectorise the
+/* One row of ctrkit_gru_forward_f32. (A function of its own so that the compiler can vectorise the
  * unit loop: with `restrict` parameters it knows that the blocks do not overlap.) */
 static void forward_row(int64_t hd, const float *restrict x, float *restrict p, const float *restrict bias,
                         float g, const float *restrict h, float *restrict out, float *restrict gt)
@@ -52,7 +52,7 @@ static void forward_row(int64_t hd, const float *restrict x, float *restrict p, 
  * xp [B, 3H] rows `xp_stride` apart; hp [B, 3H] = W_h h (b_h [3H] is added in place); gate [B]
  * `gate_stride` apart; h [B, H] (the previous state) -> h_new [B, H], gates [B, 3H] = (r, u0, n).
  */
-void ctrkit_gru_forward(int64_t batch, int64_t hd, const float *xp, int64_t xp_stride, float *hp,
+void ctrkit_gru_forward_f32(int64_t batch, int64_t hd, const float *xp, int64_t xp_stride, float *hp,
                         const float *bias, const float *gate, int64_t gate_stride, const float *h, float *h_new,
                         float *gates)
 {
@@ -61,7 +61,7 @@ void ctrkit_gru_forward(int64_t batch, int64_t hd, const float *xp, int64_t xp_s
                     h_new + b * hd, gates + b * 3 * hd);
 }
 
-/* One row of ctrkit_gru_backward. */
+/* One row of ctrkit_gru_backward_f32. */
 static void backward_row(int64_t hd, const float *restrict dh_carried, const float *restrict grad_step,
                          const float *restrict gt, const float *restrict p, float g,
                          const float *restrict h_prev, float *restrict dp, float *restrict dx,
@@ -93,7 +93,7 @@ static void backward_row(int64_t hd, const float *restrict dh_carried, const flo
  * projection), gate_terms [B, H] (du u0) and dh_keep [B, H] (the part of dh_prev that does not
  * pass through W_h).
  */
-void ctrkit_gru_backward(int64_t batch, int64_t hd, const float *dh_carried, const float *grad_step,
+void ctrkit_gru_backward_f32(int64_t batch, int64_t hd, const float *dh_carried, const float *grad_step,
                          const float *gates, const float *hp, const float *gate, int64_t gate_stride,
                          const float *h_prev, float *d_hp, float *d_xp, float *gate_terms, float *dh_keep)
 {

@@ -77,6 +77,20 @@ def exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
+#: the dtype suffix of the C kernels' function names (``ctrkit/native``)
+_C_SUFFIXES = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
+def c_function(library: str, name: str, t: torch.Tensor, dtypes: Sequence[torch.dtype] = tuple(_C_SUFFIXES)):
+    """The C kernel ``<name>_<f32|bf16>`` of ``ctrkit/native/<library>.c`` for ``t``'s dtype, or ``None``
+    where the caller's torch implementation runs instead: a dtype outside ``dtypes``, a device other
+    than the CPU, tracing or export, no C compiler, or ``CTRKIT_NATIVE=0``."""
+    if t.dtype not in dtypes or t.device.type != "cpu" or exporting():
+        return None
+    lib = native.library(library)
+    return None if lib is None else getattr(lib, f"{name}_{_C_SUFFIXES[t.dtype]}")
+
+
 def _grad_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulator dtype for parameter gradients computed in ``dtype``."""
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
@@ -508,12 +522,12 @@ class _DiceTrain(torch.autograd.Function):
             a = alpha.to(wide)  # (C,)
             w = None if weight is None else weight.to(wide)  # (N, 1)
             count = x.new_tensor(float(x.shape[0]), dtype=wide) if w is None else w.sum().clamp(min=1.0)
-            kernels = _dice_kernels(x)
-            if kernels is not None:
+            kernel = c_function("dice", "ctrkit_dice_forward", x) if x.dim() == 2 else None
+            if kernel is not None:
                 x, w = x.contiguous(), None if w is None else w.contiguous()
                 y, p = torch.empty_like(x), torch.empty(x.shape, dtype=wide)  # (N, C) each
                 mean, var = a.new_empty(a.shape), a.new_empty(a.shape)  # (C,) each
-                status = kernels[0](x.shape[0], x.shape[1], x.data_ptr(), _address(w), a.data_ptr(), eps,
+                status = kernel(x.shape[0], x.shape[1], x.data_ptr(), _address(w), a.data_ptr(), eps,
                                     mean.data_ptr(), var.data_ptr(), p.data_ptr(), y.data_ptr())
                 native.check(status, "dice forward: no memory for its scratch buffers")
                 rstd = torch.rsqrt(var + eps)  # (C,)
@@ -529,13 +543,13 @@ class _DiceTrain(torch.autograd.Function):
     def backward(ctx, grad, _grad_mean, _grad_var):
         x, p_all, a, mean, rstd, count, w = ctx.saved_tensors
         chunks, alpha_dtype = ctx.meta
-        kernels = _dice_kernels(x)
-        if kernels is not None:
+        kernel = c_function("dice", "ctrkit_dice_backward", x) if x.dim() == 2 else None
+        if kernel is not None:
             grad = grad.to(x.dtype).contiguous()
             dx, grad_alpha = torch.empty_like(x), torch.empty_like(a)  # (N, C), (C,)
-            status = kernels[1](x.shape[0], x.shape[1], x.data_ptr(), grad.data_ptr(), p_all.data_ptr(), _address(w),
-                                a.data_ptr(), mean.data_ptr(), rstd.data_ptr(), count.item(), dx.data_ptr(),
-                                grad_alpha.data_ptr())
+            status = kernel(x.shape[0], x.shape[1], x.data_ptr(), grad.data_ptr(), p_all.data_ptr(), _address(w),
+                            a.data_ptr(), mean.data_ptr(), rstd.data_ptr(), count.item(), dx.data_ptr(),
+                            grad_alpha.data_ptr())
             native.check(status, "dice backward: no memory for its scratch buffers")
             return dx, grad_alpha.to(alpha_dtype), None, None, None
         dx, grad_alpha = _dice_backward_chunks(grad, x, p_all, a, mean, rstd, count, w, chunks)
@@ -602,15 +616,14 @@ class _PairedSigmoid(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, e):
-        kernels = _paired_sigmoid_kernels(h, e)
-        if kernels is None:
+        kernel = c_function("paired_sigmoid", "ctrkit_paired_sigmoid_forward", h) if e.dtype == h.dtype else None
+        if kernel is None:
             out = torch.sigmoid(torch.stack([h + e[:, 1:], h + e.roll(-1, dims=0)[:, 1:]]))  # (2, B, T, U)
         else:
             h, e = h.contiguous(), e.contiguous()
             out = h.new_empty((2, *h.shape))
-            kernels[0](*h.shape, h.data_ptr(), e.data_ptr(), out.data_ptr())
+            kernel(*h.shape, h.data_ptr(), e.data_ptr(), out.data_ptr())
         ctx.save_for_backward(out)
-        ctx.uses_c = kernels is not None
         return out
 
     @staticmethod
@@ -618,11 +631,11 @@ class _PairedSigmoid(torch.autograd.Function):
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
         batch, steps, units = out.shape[1:]
-        if ctx.uses_c and _paired_sigmoid_kernels(out, out) is not None:
+        kernel = c_function("paired_sigmoid", "ctrkit_paired_sigmoid_backward", out)
+        if kernel is not None:
             grad = grad.to(out.dtype).contiguous()
             d_h, d_e = out.new_empty(batch, steps, units), out.new_empty(batch, steps + 1, units)
-            _paired_sigmoid_kernels(out, out)[1](batch, steps, units, grad.data_ptr(), out.data_ptr(),
-                                                 d_h.data_ptr(), d_e.data_ptr())
+            kernel(batch, steps, units, grad.data_ptr(), out.data_ptr(), d_h.data_ptr(), d_e.data_ptr())
             return d_h, d_e
         d = grad * out * (1 - out)  # (2, B, T, U)
         d_e = out.new_zeros(batch, steps + 1, units)
@@ -633,31 +646,6 @@ class _PairedSigmoid(torch.autograd.Function):
 def paired_sigmoid(h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """See :class:`_PairedSigmoid`: ``[B, T, U]``, ``[B, T + 1, U]`` -> ``[2, B, T, U]``."""
     return _PairedSigmoid.apply(h, e)
-
-
-def _paired_sigmoid_kernels(h: torch.Tensor, e: torch.Tensor):
-    """``(forward, backward)`` of ``ctrkit/native/paired_sigmoid.c`` for these tensors, or ``None``."""
-    suffix = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(h.dtype)
-    if suffix is None or e.dtype != h.dtype or h.device.type != "cpu" or exporting():
-        return None
-    lib = native.library("paired_sigmoid")
-    if lib is None:
-        return None
-    return (getattr(lib, f"ctrkit_paired_sigmoid_forward_{suffix}"),
-            getattr(lib, f"ctrkit_paired_sigmoid_backward_{suffix}"))
-
-
-def _dice_kernels(x: torch.Tensor):
-    """``(forward, backward)`` C kernels of ``ctrkit/native/dice.c`` for ``x``'s dtype (float32,
-    bfloat16, on CPU), or ``None``: the torch chunks run instead (other dtypes and devices, export,
-    no C compiler, ``CTRKIT_NATIVE=0``)."""
-    suffix = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(x.dtype)
-    if suffix is None or x.device.type != "cpu" or x.dim() != 2 or exporting():
-        return None
-    lib = native.library("dice")
-    if lib is None:
-        return None
-    return getattr(lib, f"ctrkit_dice_forward_{suffix}"), getattr(lib, f"ctrkit_dice_backward_{suffix}")
 
 
 def _address(t: torch.Tensor | None) -> int | None:
@@ -758,7 +746,7 @@ def _pair_bilinear_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.T
         batch, fields, d = xc.shape
         d_x = torch.zeros(x.shape, dtype=acc, device=x.device)  # (B, F, D)
         d_w = torch.zeros(weight.shape, dtype=acc, device=x.device)  # (G, D_out, D_in)
-        kernel = _pair_products_kernel(grad, acc) if per_pair else None
+        kernel = c_function("pair_products", "ctrkit_pair_products_backward", grad) if per_pair else None
         if kernel is not None:
             xc = xc.contiguous()
             if grad.stride(2) != 1 or grad.stride(1) != d:  # the kernel needs each row's pairs contiguous
@@ -784,16 +772,6 @@ def _pair_bilinear_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.T
                 d_w[_row_group(wc, i)] += d_mat.t()
             d_x[:, i] += torch.mm(d_left, mat.t())
     return d_x.to(x.dtype), d_w.to(weight.dtype)
-
-
-def _pair_products_kernel(grad: torch.Tensor, acc: torch.dtype):
-    """``ctrkit_pair_products_backward`` of ``ctrkit/native/pair_products.c`` for ``grad``'s dtype
-    (float32 or bfloat16 on CPU, float32 accumulation), or ``None``: the torch products run."""
-    suffix = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(grad.dtype)
-    if suffix is None or acc != torch.float32 or grad.device.type != "cpu" or exporting():
-        return None
-    lib = native.library("pair_products")
-    return None if lib is None else getattr(lib, f"ctrkit_pair_products_backward_{suffix}")
 
 
 def _row_groups(fields: int):

@@ -41,11 +41,12 @@ class _GatherRows(torch.autograd.Function):
         (ids,) = ctx.saved_tensors
         rows = grad.reshape(-1, grad.shape[-1])
         grad_weight = rows.new_zeros(ctx.num_rows, rows.shape[1])
-        lib = native.library("scatter") if _scatter_in_c(rows, ids) else None
-        if lib is not None:
+        kernel = (_fused.c_function("scatter", "ctrkit_scatter_add_rows", rows, dtypes=(torch.float32,))
+                  if ids.dtype == torch.int64 else None)
+        if kernel is not None:
             flat_ids, rows = ids.reshape(-1).contiguous(), rows.contiguous()
-            status = lib.ctrkit_scatter_add_rows_f32(rows.shape[0], rows.shape[1], flat_ids.data_ptr(),
-                                                     rows.data_ptr(), ctx.num_rows, grad_weight.data_ptr())
+            status = kernel(rows.shape[0], rows.shape[1], flat_ids.data_ptr(), rows.data_ptr(), ctx.num_rows,
+                            grad_weight.data_ptr())
             native.check(status, "embedding backward: an id outside the table")
             return grad_weight, None
         threads = torch.get_num_threads()
@@ -57,11 +58,6 @@ class _GatherRows(torch.autograd.Function):
             if threads > 1:
                 torch.set_num_threads(threads)
         return grad_weight, None
-
-
-def _scatter_in_c(rows: torch.Tensor, ids: torch.Tensor) -> bool:
-    return (rows.device.type == "cpu" and rows.dtype == torch.float32 and ids.dtype == torch.int64
-            and not _fused.exporting())
 
 
 class EmbeddingTable(nn.Module):

@@ -649,11 +649,6 @@ class BilinearInteraction(nn.Module):
         return torch.stack(pairs, dim=1)  # (B, P, D)
 
 
-#: how ONN combines the two operation-aware embeddings of a pair
-ONN_PRODUCTS = ("inner", "hadamard")
-
-
-
 def bilinear_side_by_side(layers: Sequence[BilinearInteraction], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     """The outputs of several :class:`BilinearInteraction` layers of one type, side by side along the
     pairs: ``[B, k P, D]``, the same as ``torch.cat([layer(x) ...], dim=1)``. Outside export it is
@@ -664,6 +659,11 @@ def bilinear_side_by_side(layers: Sequence[BilinearInteraction], inputs: Sequenc
         return torch.cat([layer(x) for layer, x in zip(layers, inputs)], dim=1)
     per_pair = types.pop() == "field_interaction"
     return _fused.pair_bilinear_side_by_side([(x, layer.blocks()) for layer, x in zip(layers, inputs)], per_pair)
+
+
+#: how ONN combines the two operation-aware embeddings of a pair
+ONN_PRODUCTS = ("inner", "hadamard")
+
 
 class OperationAwareInteraction(nn.Module):
     """Copy and product operations of ONN over operation-aware embeddings.

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctrkit import native
 from ctrkit.pytorch.layers import _fused
 from ctrkit.pytorch.layers._checks import check_int, check_units
 from ctrkit.pytorch.layers.embedding import Bias, FieldEmbedding
@@ -217,7 +216,7 @@ def _forward_step_torch(xp, hp, bias, gate, h, h_new, gates) -> None:
     """One forward step of :class:`_GatedRecurrence` with torch operations, written into ``h_new``
     ``[B, H]`` and ``gates`` ``[B, 3H]`` = ``(r, u0, n)``; ``xp`` ``[B, 3H]``, ``hp`` ``[B, 3H]`` holds
     ``W_h h`` and gets ``bias`` ``[3H]`` added in place, ``gate`` ``[B]``, ``h`` ``[B, H]``. The same
-    function as ``ctrkit_gru_forward`` in ``ctrkit/native/gated_recurrence.c``."""
+    function as ``ctrkit_gru_forward_f32`` in ``ctrkit/native/gated_recurrence.c``."""
     hd = h.shape[1]
     hp += bias
     torch.sigmoid(xp[:, :2 * hd] + hp[:, :2 * hd], out=gates[:, :2 * hd])  # (B, 2H): r, u0
@@ -228,7 +227,7 @@ def _forward_step_torch(xp, hp, bias, gate, h, h_new, gates) -> None:
 
 def _backward_step_torch(dh_carried, grad_step, gates, hp, gate, h_prev, d_hp, d_xp, gate_terms, dh_keep) -> None:
     """One backward step of :class:`_GatedRecurrence` with torch operations (see its docstring), the
-    same function as ``ctrkit_gru_backward``: writes ``d_hp``, ``d_xp`` ``[B, 3H]``, ``gate_terms``
+    same function as ``ctrkit_gru_backward_f32``: writes ``d_hp``, ``d_xp`` ``[B, 3H]``, ``gate_terms``
     and ``dh_keep`` ``[B, H]``."""
     hd = h_prev.shape[1]
     dh = dh_carried + grad_step  # (B, H)
@@ -246,10 +245,6 @@ def _backward_step_torch(dh_carried, grad_step, gates, hp, gate, h_prev, d_hp, d
     torch.mul(dh, 1 - u, out=dh_keep)
 
 
-def _use_c_steps(t: torch.Tensor) -> bool:
-    return t.dtype == torch.float32 and t.device.type == "cpu" and native.library("gated_recurrence") is not None
-
-
 def _forward_steps(projected, hidden, bias, gate, states, gates):
     """``step(t)``: the gate arithmetic of forward step ``t`` on these time-major buffers (``h_{t-1}``
     is ``states[t-1]``, zero at ``t = 0``): the C kernel for float32 on CPU, else
@@ -257,10 +252,10 @@ def _forward_steps(projected, hidden, bias, gate, states, gates):
     addresses (per-step tensor views and their dispatch cost as much as the kernel)."""
     batch, hd = states.shape[1:]
     zeros = states.new_zeros(batch, hd)
-    if not _use_c_steps(projected):
+    kernel = _fused.c_function("gated_recurrence", "ctrkit_gru_forward", projected, dtypes=(torch.float32,))
+    if kernel is None:
         return lambda t: _forward_step_torch(projected[t], hidden[t], bias, gate[t], states[t - 1] if t else zeros,
                                              states[t], gates[t])
-    kernel = native.library("gated_recurrence").ctrkit_gru_forward
     item = projected.element_size()
     x0, x_step, x_row = projected.data_ptr(), projected.stride(0) * item, projected.stride(1)
     hp0, hp_step = hidden.data_ptr(), hidden.stride(0) * item
@@ -283,11 +278,11 @@ def _backward_steps(dh, grad_states, gates, hidden, gate, states, d_hidden, d_pr
     ``gate_terms[t]`` and ``dh_keep``; C kernel or :func:`_backward_step_torch` as in :func:`_forward_steps`."""
     batch, hd = states.shape[1:]
     zeros = states.new_zeros(batch, hd)
-    if not _use_c_steps(states):
+    kernel = _fused.c_function("gated_recurrence", "ctrkit_gru_backward", states, dtypes=(torch.float32,))
+    if kernel is None:
         return lambda t: _backward_step_torch(dh, grad_states[t], gates[t], hidden[t], gate[t],
                                               states[t - 1] if t else zeros, d_hidden[t], d_projected[t],
                                               gate_terms[t], dh_keep)
-    kernel = native.library("gated_recurrence").ctrkit_gru_backward
     item = states.element_size()
     bases = [t.data_ptr() for t in (grad_states, gates, hidden, gate, states, d_hidden, d_projected, gate_terms)]
     steps = [t.stride(0) * item for t in (grad_states, gates, hidden, gate, states, d_hidden, d_projected, gate_terms)]
