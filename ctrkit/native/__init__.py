@@ -40,7 +40,7 @@ _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
 _PTR = ctypes.c_void_p
 _STATUS = ctypes.c_int  # 0, or non-zero where the kernel failed (see `check`)
-_DICE_FORWARD = (_STATUS, (_I64, _I64, _PTR, _PTR, _PTR, _F32, _PTR, _PTR, _PTR, _PTR))
+_DICE_FORWARD = (_STATUS, (_I64, _I64, _PTR, _PTR, _F32, _PTR, _F32, _PTR, _PTR, _PTR, _PTR, _PTR))
 _DICE_BACKWARD = (_STATUS, (_I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _F32, _PTR, _PTR))
 #: ``(result type, argument types)`` of the exported functions, by library
 _SIGNATURES = {

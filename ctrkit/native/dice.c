@@ -53,22 +53,18 @@ static void flush_block(int64_t c, float *restrict block, double *restrict total
         }                                                                                             \
     }                                                                                                 \
                                                                                                       \
-    /* x [N, C]; weight [N] or NULL; alpha [C] -> mean, var [C]; p [N, C] (float); y [N, C] */       \
-    int ctrkit_dice_forward_##SUFFIX(int64_t n, int64_t c, const T *x, const float *weight,          \
+    /* x [N, C]; weight [N] or NULL, count = their sum (at least 1); alpha [C] -> mean, var, rstd [C]; \
+       p [N, C] (float); y [N, C] */                                                                  \
+    int ctrkit_dice_forward_##SUFFIX(int64_t n, int64_t c, const T *x, const float *weight, float count, \
                                      const float *alpha, float eps, float *mean, float *var,          \
-                                     float *p, T *y)                                                  \
+                                     float *rstd, float *p, T *y)                                     \
     {                                                                                                 \
         double *total = calloc((size_t)c, sizeof *total);                                             \
         float *block = calloc((size_t)c, sizeof *block), *zero = calloc((size_t)c, sizeof *zero);     \
-        float *rstd = malloc((size_t)c * sizeof *rstd);                                               \
-        if (!total || !block || !zero || !rstd) {                                                     \
-            free(total); free(block); free(zero); free(rstd);                                         \
+        if (!total || !block || !zero) {                                                              \
+            free(total); free(block); free(zero);                                                     \
             return 1;                                                                                 \
         }                                                                                             \
-        double count = 0.0;                                                                           \
-        for (int64_t i = 0; i < n; ++i)                                                               \
-            count += weight ? weight[i] : 1.0f;                                                       \
-        count = count < 1.0 ? 1.0 : count;                                                            \
         for (int pass = 0; pass < 2; ++pass) { /* 0: mean, 1: variance around it */                   \
             const float *centre = pass ? mean : zero;                                                 \
             float *out = pass ? var : mean;                                                           \
@@ -86,7 +82,7 @@ static void flush_block(int64_t c, float *restrict block, double *restrict total
             rstd[k] = 1.0f / sqrtf(var[k] + eps);                                                     \
         for (int64_t i = 0; i < n; ++i)                                                               \
             output_row_##SUFFIX(c, x + i * c, mean, rstd, alpha, p + i * c, y + i * c);               \
-        free(total); free(block); free(zero); free(rstd);                                             \
+        free(total); free(block); free(zero);                                                         \
         return 0;                                                                                     \
     }                                                                                                 \
                                                                                                       \

@@ -526,11 +526,11 @@ class _DiceTrain(torch.autograd.Function):
             if kernel is not None:
                 x, w = x.contiguous(), None if w is None else w.contiguous()
                 y, p = torch.empty_like(x), torch.empty(x.shape, dtype=wide)  # (N, C) each
-                mean, var = a.new_empty(a.shape), a.new_empty(a.shape)  # (C,) each
-                status = kernel(x.shape[0], x.shape[1], x.data_ptr(), _address(w), a.data_ptr(), eps,
-                                    mean.data_ptr(), var.data_ptr(), p.data_ptr(), y.data_ptr())
+                mean, var, rstd = (a.new_empty(a.shape) for _ in range(3))  # (C,) each
+                status = kernel(x.shape[0], x.shape[1], x.data_ptr(), _address(w), max(count.item(), 1.0),
+                                a.data_ptr(), eps, mean.data_ptr(), var.data_ptr(), rstd.data_ptr(), p.data_ptr(),
+                                y.data_ptr())
                 native.check(status, "dice forward: no memory for its scratch buffers")
-                rstd = torch.rsqrt(var + eps)  # (C,)
             else:
                 mean, var, rstd, p, y = _dice_forward_chunks(x, a, w, count, eps, chunks)
         ctx.save_for_backward(x, p, a, mean, rstd, count, w)
